@@ -1,0 +1,32 @@
+package main
+
+import (
+	"time"
+
+	"invoicing/shared/config"
+)
+
+// Config is everything the orders service reads from its environment.
+type Config struct {
+	config.Common
+	RelayInterval   time.Duration
+	RelayBatchSize  int
+	PublishTimeout  time.Duration
+	OutboxRetention time.Duration
+	IdempotencyTTL  time.Duration
+	DBMaxConns      int
+}
+
+func loadConfig(getenv func(string) string) (Config, error) {
+	r := config.NewReader(getenv)
+	c := Config{
+		Common:          config.ReadCommon(r, 3333, "orders"),
+		RelayInterval:   r.Duration("RELAY_INTERVAL", time.Second, 10*time.Millisecond, time.Hour),
+		RelayBatchSize:  r.Int("RELAY_BATCH_SIZE", 500, 1, 10000),
+		PublishTimeout:  r.Duration("PUBLISH_TIMEOUT", 10*time.Second, 100*time.Millisecond, 5*time.Minute),
+		OutboxRetention: r.Duration("OUTBOX_RETENTION", 15*time.Minute, 0, 30*24*time.Hour),
+		IdempotencyTTL:  r.Duration("IDEMPOTENCY_TTL", 24*time.Hour, 24*time.Hour, 30*24*time.Hour),
+		DBMaxConns:      r.Int("DB_MAX_CONNS", 16, 2, 1000),
+	}
+	return c, r.Err()
+}

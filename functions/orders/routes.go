@@ -1,0 +1,33 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"invoicing/shared/web"
+)
+
+// NewServer returns the orders API. The same handler serves net/http and Lambda.
+func NewServer(log *slog.Logger, store *Store, bodyLimit int64, checks map[string]web.Check) http.Handler {
+	r := web.NewRouter()
+	h := func(fn web.HandlerFunc) http.Handler { return web.Handle(log, httpError, fn) }
+	r.Handle("/orders", h(handleCreateOrder(store, bodyLimit))).Methods(http.MethodPost)
+	r.Handle("/orders", h(handleListOrders(store))).Methods(http.MethodGet)
+	r.Handle("/orders/{id}", h(handleGetOrder(store))).Methods(http.MethodGet)
+	r.Handle("/health", web.Health(checks)).Methods(http.MethodGet)
+	return web.Observe(log, r)
+}
+
+// httpError maps the domain's errors to HTTP answers, in one place.
+func httpError(err error) error {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return web.Errorf(http.StatusNotFound, "%v", err)
+	case errors.Is(err, ErrIdempotencyInFlight):
+		return web.Errorf(http.StatusConflict, "%v; retry later", err)
+	case errors.Is(err, ErrIdempotencyMismatch):
+		return web.Errorf(http.StatusUnprocessableEntity, "%v", err)
+	}
+	return err
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"invoicing/shared/event"
+	"invoicing/shared/outbox"
+	"invoicing/shared/rabbit"
+)
+
+// Store keeps orders, their outbox events and idempotent responses in the
+// orders database. It owns every transaction.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Response is a stored answer to an idempotent POST, replayed on retry.
+type Response struct {
+	Status   int
+	Location string
+	Body     []byte
+}
+
+// IdempotentRequest identifies a POST sent with an Idempotency-Key.
+type IdempotentRequest struct {
+	Key  string
+	Hash []byte // of the validated request, so formatting does not matter
+}
+
+// Create stores o and its order.created event in one transaction. With an
+// idempotency key it also stores resp, and instead returns the response of
+// an earlier request with the same key (replayed=true), ErrIdempotencyInFlight
+// while that request is still running, or ErrIdempotencyMismatch when the
+// earlier request had another body.
+func (s *Store) Create(ctx context.Context, o Order, idem *IdempotentRequest, resp Response) (stored Response, replayed bool, err error) {
+	msg, err := orderCreatedMessage(o)
+	if err != nil {
+		return Response{}, false, err
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if idem != nil {
+			prev, found, err := claimIdempotencyKey(ctx, tx, *idem)
+			if err != nil || found {
+				stored, replayed = prev, found
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx,
+			`INSERT INTO orders (id, customer_id, total_amount, currency, status, items, created_at)
+			 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			o.ID, o.CustomerID, o.TotalAmount, o.Currency, o.Status, o.Items, o.CreatedAt); err != nil {
+			return fmt.Errorf("insert order: %w", err)
+		}
+		if err := outbox.Add(ctx, tx, msg); err != nil {
+			return err
+		}
+		if idem != nil {
+			if _, err := tx.Exec(ctx,
+				`INSERT INTO idempotency_keys (key, request_hash, status, location, body) VALUES ($1, $2, $3, $4, $5)`,
+				idem.Key, idem.Hash, resp.Status, resp.Location, resp.Body); err != nil {
+				return fmt.Errorf("insert idempotency key: %w", err)
+			}
+		}
+		stored = resp
+		return nil
+	})
+	if err != nil {
+		return Response{}, false, err
+	}
+	return stored, replayed, nil
+}
+
+// claimIdempotencyKey takes a transaction-scoped advisory lock on the key, so
+// a concurrent request with the same key is told it is in flight rather than
+// waiting, then looks for a completed earlier request. Because the order and
+// the stored response commit together, a crash leaves no half-done key.
+func claimIdempotencyKey(ctx context.Context, tx pgx.Tx, idem IdempotentRequest) (Response, bool, error) {
+	var locked bool
+	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))`, idem.Key).Scan(&locked); err != nil {
+		return Response{}, false, fmt.Errorf("lock idempotency key: %w", err)
+	}
+	if !locked {
+		return Response{}, false, ErrIdempotencyInFlight
+	}
+	var prev Response
+	var hash []byte
+	err := tx.QueryRow(ctx, `SELECT request_hash, status, location, body FROM idempotency_keys WHERE key = $1`, idem.Key).
+		Scan(&hash, &prev.Status, &prev.Location, &prev.Body)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return Response{}, false, nil
+	case err != nil:
+		return Response{}, false, fmt.Errorf("read idempotency key: %w", err)
+	case !bytes.Equal(hash, idem.Hash):
+		return Response{}, false, ErrIdempotencyMismatch
+	}
+	return prev, true, nil
+}
+
+func orderCreatedMessage(o Order) (outbox.Message, error) {
+	evt := event.OrderCreated{
+		EventID:     uuid.Must(uuid.NewV7()),
+		Type:        event.TypeOrderCreated,
+		OccurredAt:  o.CreatedAt,
+		OrderID:     o.ID,
+		Customer:    event.Customer{ID: o.CustomerID},
+		TotalAmount: o.TotalAmount,
+		Currency:    o.Currency,
+	}
+	body, err := json.Marshal(evt)
+	if err != nil {
+		return outbox.Message{}, fmt.Errorf("encode event: %w", err)
+	}
+	return outbox.Message{
+		EventID:    evt.EventID,
+		Type:       event.TypeOrderCreated,
+		Exchange:   rabbit.Exchange,
+		RoutingKey: rabbit.RoutingKeyOrderCreated,
+		Body:       body,
+	}, nil
+}
+
+const orderColumns = `id, customer_id, total_amount, currency, status, items, created_at`
+
+func scanOrder(row pgx.CollectableRow) (Order, error) {
+	var o Order
+	err := row.Scan(&o.ID, &o.CustomerID, &o.TotalAmount, &o.Currency, &o.Status, &o.Items, &o.CreatedAt)
+	return o, err
+}
+
+// Get returns one order or ErrNotFound.
+func (s *Store) Get(ctx context.Context, id uuid.UUID) (Order, error) {
+	rows, _ := s.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders WHERE id = $1`, id)
+	o, err := pgx.CollectExactlyOneRow(rows, scanOrder)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Order{}, ErrNotFound
+	}
+	if err != nil {
+		return Order{}, fmt.Errorf("get order: %w", err)
+	}
+	return o, nil
+}
+
+// ListFilter selects a page of orders, newest first.
+type ListFilter struct {
+	CustomerID string
+	After      uuid.UUID // exclusive; uuid.Nil for the first page
+	Limit      int
+}
+
+// List returns up to f.Limit orders, newest first, after the cursor.
+func (s *Store) List(ctx context.Context, f ListFilter) ([]Order, error) {
+	q := `SELECT ` + orderColumns + ` FROM orders WHERE true`
+	args := []any{}
+	if f.CustomerID != "" {
+		args = append(args, f.CustomerID)
+		q += fmt.Sprintf(` AND customer_id = $%d`, len(args))
+	}
+	if f.After != uuid.Nil {
+		args = append(args, f.After)
+		q += fmt.Sprintf(` AND id < $%d`, len(args))
+	}
+	args = append(args, f.Limit)
+	q += fmt.Sprintf(` ORDER BY id DESC LIMIT $%d`, len(args))
+	rows, _ := s.pool.Query(ctx, q, args...)
+	orders, err := pgx.CollectRows(rows, scanOrder)
+	if err != nil {
+		return nil, fmt.Errorf("list orders: %w", err)
+	}
+	return orders, nil
+}
+
+// PruneIdempotencyKeys deletes stored responses older than ttl.
+func (s *Store) PruneIdempotencyKeys(ctx context.Context, ttl time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval`, ttl)
+	if err != nil {
+		return 0, fmt.Errorf("prune idempotency keys: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

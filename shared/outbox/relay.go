@@ -1,0 +1,214 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgxlisten"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"invoicing/shared/rabbit"
+)
+
+type publisher interface {
+	Publish(ctx context.Context, msgs []rabbit.Message) error
+}
+
+// Relay moves stored events to the broker. Several relays (processes or
+// goroutines) may run at once: each claims rows with FOR UPDATE SKIP LOCKED.
+type Relay struct {
+	Pool      *pgxpool.Pool
+	Publisher publisher
+	Log       *slog.Logger
+	// BatchSize is how many rows one transaction claims and publishes.
+	BatchSize int
+	// PublishTimeout bounds one batch's publish and confirms.
+	PublishTimeout time.Duration
+	// Interval is how often Run sweeps without a notification.
+	Interval time.Duration
+	// Retention is how long published rows are kept before Prune deletes them.
+	Retention time.Duration
+}
+
+const claimSQL = `
+SELECT id, event_id, event_type, exchange, routing_key, body, headers, created_at
+FROM outbox
+WHERE published_at IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED`
+
+type row struct {
+	id        int64
+	msg       Message
+	createdAt time.Time
+}
+
+// PublishBatch claims up to BatchSize unpublished rows, publishes them and
+// marks them published in the same transaction, after the broker confirmed
+// them all. It returns how many rows it published.
+func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
+	var n int
+	err := pgx.BeginFunc(ctx, r.Pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, claimSQL, r.BatchSize)
+		if err != nil {
+			return fmt.Errorf("claim outbox rows: %w", err)
+		}
+		batch, err := pgx.CollectRows(rows, func(cr pgx.CollectableRow) (row, error) {
+			var x row
+			err := cr.Scan(&x.id, &x.msg.EventID, &x.msg.Type, &x.msg.Exchange, &x.msg.RoutingKey, &x.msg.Body, &x.msg.Headers, &x.createdAt)
+			return x, err
+		})
+		if err != nil {
+			return fmt.Errorf("read outbox rows: %w", err)
+		}
+		if len(batch) == 0 {
+			return nil
+		}
+		msgs := make([]rabbit.Message, len(batch))
+		ids := make([]int64, len(batch))
+		for i, x := range batch {
+			ids[i] = x.id
+			headers := make(amqp.Table, len(x.msg.Headers))
+			for k, v := range x.msg.Headers {
+				headers[k] = v
+			}
+			msgs[i] = rabbit.Message{
+				Exchange: x.msg.Exchange, RoutingKey: x.msg.RoutingKey,
+				MessageID: x.msg.EventID.String(), Type: x.msg.Type,
+				Timestamp: x.createdAt, Body: x.msg.Body, Headers: headers,
+			}
+		}
+		pctx, cancel := context.WithTimeout(ctx, r.PublishTimeout)
+		defer cancel()
+		if err := r.Publisher.Publish(pctx, msgs); err != nil {
+			return fmt.Errorf("publish %d events: %w", len(msgs), err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE id = ANY($1)`, ids); err != nil {
+			return fmt.Errorf("mark outbox rows published: %w", err)
+		}
+		n = len(batch)
+		return nil
+	})
+	return n, err
+}
+
+// Sweep publishes batches until no unpublished row is left or ctx ends. It
+// returns the number of rows published. Lambda mode calls it once per
+// scheduled invocation; Run calls it on every wake-up.
+func (r *Relay) Sweep(ctx context.Context) (int, error) {
+	return r.sweep(ctx, ctx)
+}
+
+// sweep runs batches with batchCtx and checks stopCtx between them, so a
+// shutdown lets the batch in hand commit.
+func (r *Relay) sweep(batchCtx, stopCtx context.Context) (int, error) {
+	total := 0
+	for stopCtx.Err() == nil {
+		n, err := r.PublishBatch(batchCtx)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < r.BatchSize {
+			return total, nil
+		}
+	}
+	return total, stopCtx.Err()
+}
+
+// Prune deletes rows published longer ago than Retention.
+func (r *Relay) Prune(ctx context.Context) (int64, error) {
+	tag, err := r.Pool.Exec(ctx, `DELETE FROM outbox WHERE published_at < now() - $1::interval`, r.Retention)
+	if err != nil {
+		return 0, fmt.Errorf("prune outbox: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Run sweeps whenever a committed Add notifies, and every Interval in case a
+// notification was missed, until ctx ends. A batch in progress when ctx ends
+// is finished first. Failures (broker or database away) back off and retry.
+func (r *Relay) Run(ctx context.Context) error {
+	wake := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	listener := &pgxlisten.Listener{
+		Connect: func(ctx context.Context) (*pgx.Conn, error) {
+			c, err := r.Pool.Acquire(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return c.Hijack(), nil
+		},
+		LogError: func(ctx context.Context, err error) {
+			if ctx.Err() == nil {
+				r.Log.Warn("outbox listener", "err", err)
+			}
+		},
+		ReconnectDelay: time.Second,
+	}
+	listener.Handle(NotifyChannel, pgxlisten.HandlerFunc(func(context.Context, *pgconn.Notification, *pgx.Conn) error {
+		signal()
+		return nil
+	}))
+	listenCtx, stopListening := context.WithCancel(ctx)
+	listenDone := make(chan struct{})
+	go func() {
+		defer close(listenDone)
+		_ = listener.Listen(listenCtx)
+	}()
+	defer func() { stopListening(); <-listenDone }()
+
+	ticker := time.NewTicker(r.Interval)
+	defer ticker.Stop()
+	pruneTicker := time.NewTicker(max(r.Retention/4, time.Minute))
+	defer pruneTicker.Stop()
+	retry := backoff.NewExponentialBackOff()
+	retry.InitialInterval = 100 * time.Millisecond
+	retry.MaxInterval = 10 * time.Second
+	signal()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-ticker.C:
+		case <-pruneTicker.C:
+			if n, err := r.Prune(ctx); err != nil {
+				r.Log.Warn("outbox prune failed", "err", err)
+			} else if n > 0 {
+				r.Log.Info("outbox pruned", "rows", n)
+			}
+			continue
+		}
+		// Finish the batch in hand on shutdown; stop between batches.
+		n, err := r.sweep(context.WithoutCancel(ctx), ctx)
+		if n > 0 {
+			r.Log.Debug("outbox swept", "published", n)
+		}
+		if err == nil || errors.Is(err, context.Canceled) {
+			retry.Reset()
+			continue
+		}
+		delay := retry.NextBackOff()
+		r.Log.Warn("outbox relay failed; retrying", "err", err, "retry_in", delay.String())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+			signal()
+		}
+	}
+}

@@ -1,0 +1,229 @@
+// Package rabbit owns the broker side of the order.created contract: the
+// topology both services declare, a connection that redials on demand, and a
+// publisher that waits for the broker's confirms.
+package rabbit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Names of the topology. They are the contract between the services.
+const (
+	Exchange               = "orders"
+	Queue                  = "orders"
+	RoutingKeyOrderCreated = "order.created"
+	DeadLetterExchange     = "orders.dlx"
+	DeadLetterQueue        = "orders.dead"
+	// DeliveryLimit bounds redeliveries of one message on the quorum queue;
+	// past it the broker dead-letters the message. The consumer rejects
+	// messages it can never process at once, so this only catches messages
+	// that keep crashing consumers.
+	DeliveryLimit = 20
+)
+
+// Declare creates the topology idempotently: the durable topic exchange
+// "orders", the durable quorum queue "orders" bound to it with a delivery
+// limit and a dead-letter exchange, and the dead-letter queue.
+func Declare(ch *amqp.Channel) error {
+	if err := ch.ExchangeDeclare(DeadLetterExchange, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %s: %w", DeadLetterExchange, err)
+	}
+	if _, err := ch.QueueDeclare(DeadLetterQueue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		return fmt.Errorf("declare queue %s: %w", DeadLetterQueue, err)
+	}
+	if err := ch.QueueBind(DeadLetterQueue, "", DeadLetterExchange, false, nil); err != nil {
+		return fmt.Errorf("bind queue %s: %w", DeadLetterQueue, err)
+	}
+	if err := ch.ExchangeDeclare(Exchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %s: %w", Exchange, err)
+	}
+	args := amqp.Table{
+		"x-queue-type":           "quorum",
+		"x-dead-letter-exchange": DeadLetterExchange,
+		"x-delivery-limit":       int32(DeliveryLimit),
+	}
+	if _, err := ch.QueueDeclare(Queue, true, false, false, false, args); err != nil {
+		return fmt.Errorf("declare queue %s: %w", Queue, err)
+	}
+	if err := ch.QueueBind(Queue, RoutingKeyOrderCreated, Exchange, false, nil); err != nil {
+		return fmt.Errorf("bind queue %s: %w", Queue, err)
+	}
+	return nil
+}
+
+// Session keeps one AMQP connection per process and redials it lazily after
+// it breaks, declaring the topology on each new connection. Callers back off
+// between failed attempts; Session itself never sleeps.
+type Session struct {
+	url  string
+	name string
+	log  *slog.Logger
+
+	mu   sync.Mutex
+	conn *amqp.Connection
+}
+
+// NewSession returns a Session for url; name is shown in the broker's
+// connection list.
+func NewSession(url, name string, log *slog.Logger) *Session {
+	return &Session{url: url, name: name, log: log}
+}
+
+// Connection returns the open connection, dialing a new one when needed.
+func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil && !s.conn.IsClosed() {
+		return s.conn, nil
+	}
+	timeout := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
+		timeout = max(time.Until(d), time.Millisecond)
+	}
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName(s.name)
+	conn, err := amqp.DialConfig(s.url, amqp.Config{
+		Heartbeat:  10 * time.Second,
+		Locale:     "en_US",
+		Properties: props,
+		Dial:       amqp.DefaultDial(timeout),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dial broker: %w", err)
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = Declare(ch)
+		_ = ch.Close()
+	}
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("declare topology: %w", err)
+	}
+	s.log.Info("broker connected", "connection", s.name)
+	s.conn = conn
+	return conn, nil
+}
+
+// Channel opens a new channel on the session's connection.
+func (s *Session) Channel(ctx context.Context) (*amqp.Channel, error) {
+	conn, err := s.Connection(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	return ch, nil
+}
+
+// Check reports whether the broker answers, for health checks.
+func (s *Session) Check(ctx context.Context) error {
+	ch, err := s.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	return ch.Close()
+}
+
+// Close closes the connection, if any.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		return nil
+	}
+	err := s.conn.Close()
+	s.conn = nil
+	if errors.Is(err, amqp.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// Message is one message to publish.
+type Message struct {
+	Exchange   string
+	RoutingKey string
+	MessageID  string
+	Type       string
+	Timestamp  time.Time
+	Body       []byte
+	Headers    amqp.Table
+}
+
+// Publisher publishes persistent messages on a confirm-mode channel. A batch
+// is sent as a window: every message goes out before any confirm is awaited.
+type Publisher struct {
+	session *Session
+
+	mu sync.Mutex
+	ch *amqp.Channel
+}
+
+// NewPublisher returns a Publisher on s.
+func NewPublisher(s *Session) *Publisher { return &Publisher{session: s} }
+
+// Publish sends msgs and returns nil only when the broker confirmed every one.
+// On error some messages may have been delivered; callers publish again, and
+// consumers deduplicate.
+func (p *Publisher) Publish(ctx context.Context, msgs []Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.publish(ctx, msgs); err != nil {
+		if p.ch != nil {
+			_ = p.ch.Close()
+			p.ch = nil
+		}
+		return err
+	}
+	return nil
+}
+
+func (p *Publisher) publish(ctx context.Context, msgs []Message) error {
+	if p.ch == nil || p.ch.IsClosed() {
+		ch, err := p.session.Channel(ctx)
+		if err != nil {
+			return err
+		}
+		if err := ch.Confirm(false); err != nil {
+			_ = ch.Close()
+			return fmt.Errorf("enable confirms: %w", err)
+		}
+		p.ch = ch
+	}
+	pending := make([]*amqp.DeferredConfirmation, 0, len(msgs))
+	for _, m := range msgs {
+		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, false, false, amqp.Publishing{
+			ContentType:  "application/json",
+			DeliveryMode: amqp.Persistent,
+			MessageId:    m.MessageID,
+			Type:         m.Type,
+			Timestamp:    m.Timestamp,
+			Headers:      m.Headers,
+			Body:         m.Body,
+		})
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", m.MessageID, err)
+		}
+		pending = append(pending, dc)
+	}
+	for i, dc := range pending {
+		acked, err := dc.WaitContext(ctx)
+		if err != nil {
+			return fmt.Errorf("await confirm of %s: %w", msgs[i].MessageID, err)
+		}
+		if !acked {
+			return fmt.Errorf("broker refused %s", msgs[i].MessageID)
+		}
+	}
+	return nil
+}

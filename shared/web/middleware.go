@@ -1,0 +1,91 @@
+package web
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/gorilla/mux"
+)
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += n
+	return n, err
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Observe logs one line per request and turns a panic into a 500 problem
+// instead of a dropped connection.
+func Observe(log *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		route := new(string)
+		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, route))
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				log.ErrorContext(r.Context(), "panic", "panic", p, "stack", string(debug.Stack()))
+				if rec.status == 0 {
+					WriteProblem(rec, Errorf(http.StatusInternalServerError, "the request could not be completed"))
+				}
+			}
+			log.InfoContext(r.Context(), "request",
+				"method", r.Method, "path", r.URL.Path, "route", *route,
+				"status", rec.status, "bytes", rec.bytes,
+				"duration_ms", float64(time.Since(start).Microseconds())/1000)
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+type routeKey struct{}
+
+// Route returns the matched route template ("/orders/{id}") or "" when none matched.
+func Route(r *http.Request) string {
+	if route := mux.CurrentRoute(r); route != nil {
+		if t, err := route.GetPathTemplate(); err == nil {
+			return t
+		}
+	}
+	return ""
+}
+
+// NewRouter returns a router whose 404 and 405 answers are problem documents
+// and which tells Observe the matched route template.
+func NewRouter() *mux.Router {
+	r := mux.NewRouter()
+	r.NotFoundHandler = NotFound()
+	r.MethodNotAllowedHandler = MethodNotAllowed()
+	r.Use(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if p, ok := req.Context().Value(routeKey{}).(*string); ok {
+				*p = Route(req)
+			}
+			next.ServeHTTP(w, req)
+		})
+	})
+	return r
+}
