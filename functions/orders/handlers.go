@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -55,7 +56,7 @@ func idempotencyKey(r *http.Request) (*IdempotentRequest, error) {
 	if len(values) == 0 {
 		return nil, nil
 	}
-	key := values[0]
+	key := strings.TrimSpace(values[0])
 	if len(values) > 1 || len(key) < 1 || len(key) > maxIdempotencyKey {
 		return nil, web.Errorf(http.StatusBadRequest, "Idempotency-Key must be one header of 1 to %d characters", maxIdempotencyKey)
 	}

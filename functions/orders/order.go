@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -56,9 +57,28 @@ var (
 type createOrderRequest struct {
 	CustomerID  *string        `json:"customerId"`
 	TotalAmount *int64         `json:"totalAmount"`
-	Currency    *string        `json:"currency"`
+	Currency    optionalString `json:"currency"`
 	Items       *[]itemRequest `json:"items"`
 }
+
+// optionalString tells an absent field (Set false) from an explicit null,
+// which a pointer cannot: a null currency is an error, not the default.
+type optionalString struct {
+	Set   bool
+	Null  bool
+	Value string
+}
+
+func (o *optionalString) UnmarshalJSON(b []byte) error {
+	o.Set = true
+	if string(b) == "null" {
+		o.Null = true
+		return nil
+	}
+	return json.Unmarshal(b, &o.Value)
+}
+
+func (o optionalString) MarshalJSON() ([]byte, error) { return json.Marshal(o.Value) }
 
 type itemRequest struct {
 	SKU       *string `json:"sku"`
@@ -80,13 +100,15 @@ func (r *createOrderRequest) Validate() []web.FieldError {
 	} else if msg := checkText(*r.CustomerID); msg != "" {
 		add("customerId", "%s", msg)
 	}
-	if r.Currency == nil {
-		c := defaultCurency
-		r.Currency = &c
-	} else if !currencyCode.MatchString(*r.Currency) {
+	switch {
+	case !r.Currency.Set:
+		r.Currency = optionalString{Set: true, Value: defaultCurency}
+	case r.Currency.Null || !currencyCode.MatchString(r.Currency.Value):
 		add("currency", "must be an ISO 4217 code of three capital letters, like BRL")
-	} else if _, err := currency.ParseISO(*r.Currency); err != nil {
-		add("currency", "%q is not an ISO 4217 currency code", *r.Currency)
+	default:
+		if _, err := currency.ParseISO(r.Currency.Value); err != nil {
+			add("currency", "%q is not an ISO 4217 currency code", r.Currency.Value)
+		}
 	}
 
 	var sum int64
@@ -175,7 +197,7 @@ func newOrder(r createOrderRequest, now time.Time) Order {
 		ID:          uuid.Must(uuid.NewV7()),
 		CustomerID:  *r.CustomerID,
 		TotalAmount: *r.TotalAmount,
-		Currency:    *r.Currency,
+		Currency:    r.Currency.Value,
 		Status:      StatusPending,
 		// PostgreSQL keeps microseconds; the API answers what a GET will show.
 		CreatedAt: now.UTC().Truncate(time.Microsecond),

@@ -1,0 +1,335 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"invoicing/functions/orders/migrations"
+	"invoicing/shared/postgres"
+	"invoicing/shared/rabbit"
+	"invoicing/shared/testenv"
+	"invoicing/shared/web"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// service is the orders API over a fresh database (and, when asked, vhost).
+type service struct {
+	pool      *pgxpool.Pool
+	store     *Store
+	handler   http.Handler
+	brokerURL string
+	log       *slog.Logger
+}
+
+func newService(t *testing.T, withBroker bool) *service {
+	t.Helper()
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pool, err := postgres.Open(ctx, testenv.Database(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := postgres.Migrate(ctx, pool, migrations.FS, log); err != nil {
+		t.Fatal(err)
+	}
+	s := &service{pool: pool, store: &Store{pool: pool}, log: log}
+	checks := map[string]web.Check{"postgres": pool.Ping}
+	if withBroker {
+		s.brokerURL = testenv.Vhost(t)
+		session := rabbit.NewSession(s.brokerURL, "orders-test", log)
+		t.Cleanup(func() { session.Close() })
+		checks["rabbitmq"] = session.Check
+	}
+	s.handler = NewServer(log, s.store, 1<<20, checks)
+	return s
+}
+
+// do sends one request; headers alternate name, value.
+func (s *service) do(method, path, body string, headers ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i+1] == "" {
+			req.Header.Del(headers[i])
+		} else {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+	}
+	rec := httptest.NewRecorder()
+	s.handler.ServeHTTP(rec, req)
+	return rec
+}
+
+func (s *service) count(t *testing.T, table string) int {
+	t.Helper()
+	var n int
+	if err := s.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func decode[T any](t *testing.T, rec *httptest.ResponseRecorder) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
+		t.Fatalf("decode %q: %v", rec.Body.String(), err)
+	}
+	return v
+}
+
+func TestCreateGetList(t *testing.T) {
+	s := newService(t, false)
+
+	rec := s.do("POST", "/orders", `{"customerId":"cust-1","totalAmount":1999,"currency":"USD"}`)
+	if rec.Code != http.StatusCreated {
+		t.Fatalf("POST: %d %s", rec.Code, rec.Body)
+	}
+	created := decode[Order](t, rec)
+	if created.CustomerID != "cust-1" || created.TotalAmount != 1999 || created.Currency != "USD" || created.Status != "pending" || len(created.Items) != 0 {
+		t.Errorf("created = %+v", created)
+	}
+	if loc := rec.Header().Get("Location"); loc != "/orders/"+created.ID.String() {
+		t.Errorf("Location = %q", loc)
+	}
+
+	rec = s.do("POST", "/orders", `{"customerId":"cust-1","items":[{"sku":"A","quantity":2,"unitPrice":250},{"sku":"B","quantity":1,"unitPrice":100}]}`)
+	if rec.Code != http.StatusCreated {
+		t.Fatalf("POST with items: %d %s", rec.Code, rec.Body)
+	}
+	withItems := decode[Order](t, rec)
+	if withItems.TotalAmount != 600 || withItems.Currency != "BRL" || len(withItems.Items) != 2 {
+		t.Errorf("total from items = %+v", withItems)
+	}
+
+	rec = s.do("GET", "/orders/"+created.ID.String(), "")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET: %d %s", rec.Code, rec.Body)
+	}
+	got := decode[Order](t, rec)
+	if !got.CreatedAt.Equal(created.CreatedAt) || got.ID != created.ID || got.TotalAmount != created.TotalAmount {
+		t.Errorf("GET = %+v, want %+v", got, created)
+	}
+
+	for i := range 3 {
+		if rec := s.do("POST", "/orders", `{"customerId":"cust-2","totalAmount":`+string(rune('1'+i))+`}`); rec.Code != http.StatusCreated {
+			t.Fatalf("POST cust-2: %d %s", rec.Code, rec.Body)
+		}
+	}
+	// Walk cust-2's orders two at a time: 2 + 1, newest first, no repeats.
+	page := decode[web.Page[Order]](t, s.do("GET", "/orders?customerId=cust-2&limit=2", ""))
+	if len(page.Data) != 2 || page.NextCursor == "" {
+		t.Fatalf("page 1 = %+v", page)
+	}
+	page2 := decode[web.Page[Order]](t, s.do("GET", "/orders?customerId=cust-2&limit=2&cursor="+page.NextCursor, ""))
+	if len(page2.Data) != 1 || page2.NextCursor != "" {
+		t.Fatalf("page 2 = %+v", page2)
+	}
+	amounts := []int64{page.Data[0].TotalAmount, page.Data[1].TotalAmount, page2.Data[0].TotalAmount}
+	if amounts[0] != 3 || amounts[1] != 2 || amounts[2] != 1 {
+		t.Errorf("amounts newest first = %v, want [3 2 1]", amounts)
+	}
+	all := decode[web.Page[Order]](t, s.do("GET", "/orders", ""))
+	if len(all.Data) != 5 {
+		t.Errorf("unfiltered list has %d orders, want 5", len(all.Data))
+	}
+	if n := s.count(t, "outbox"); n != 5 {
+		t.Errorf("outbox rows = %d, want one per order (5)", n)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	s := newService(t, false)
+	big := `{"customerId":"` + strings.Repeat("x", 1<<20) + `","totalAmount":1}`
+	cases := []struct {
+		name, method, path, body string
+		headers                  []string
+		status                   int
+		field                    string
+	}{
+		{"malformed JSON", "POST", "/orders", `{"customerId":`, nil, 400, ""},
+		{"not an object", "POST", "/orders", `[1,2]`, nil, 400, ""},
+		{"trailing data", "POST", "/orders", `{"customerId":"a","totalAmount":1} {}`, nil, 400, ""},
+		{"empty body", "POST", "/orders", ``, []string{"Content-Type", "application/json"}, 400, ""},
+		{"invalid UTF-8", "POST", "/orders", "{\"customerId\":\"a\xff\",\"totalAmount\":1}", nil, 400, ""},
+		{"unknown field", "POST", "/orders", `{"customerId":"a","totalAmount":1,"discount":5}`, nil, 400, "discount"},
+		{"wrong content type", "POST", "/orders", `{"customerId":"a","totalAmount":1}`, []string{"Content-Type", "text/plain"}, 415, ""},
+		{"no content type", "POST", "/orders", `{"customerId":"a","totalAmount":1}`, []string{"Content-Type", ""}, 415, ""},
+		{"body over the limit", "POST", "/orders", big, nil, 413, ""},
+		{"unknown route", "GET", "/nope", "", nil, 404, ""},
+		{"wrong method", "DELETE", "/orders", "", nil, 405, ""},
+		{"wrong method on id", "POST", "/orders/0196f3c0-0000-7000-8000-000000000000", "", nil, 405, ""},
+		{"id not a UUID", "GET", "/orders/42", "", nil, 400, ""},
+		{"unknown id", "GET", "/orders/0196f3c0-0000-7000-8000-000000000000", "", nil, 404, ""},
+		{"missing customer", "POST", "/orders", `{"totalAmount":1}`, nil, 400, "customerId"},
+		{"empty customer", "POST", "/orders", `{"customerId":"","totalAmount":1}`, nil, 400, "customerId"},
+		{"control char in customer", "POST", "/orders", `{"customerId":"a\u0000b","totalAmount":1}`, nil, 400, "customerId"},
+		{"long customer", "POST", "/orders", `{"customerId":"` + strings.Repeat("é", 65) + `","totalAmount":1}`, nil, 400, "customerId"},
+		{"fractional amount", "POST", "/orders", `{"customerId":"a","totalAmount":19.99}`, nil, 400, "totalAmount"},
+		{"string amount", "POST", "/orders", `{"customerId":"a","totalAmount":"10"}`, nil, 400, "totalAmount"},
+		{"zero amount", "POST", "/orders", `{"customerId":"a","totalAmount":0}`, nil, 400, "totalAmount"},
+		{"amount too large", "POST", "/orders", `{"customerId":"a","totalAmount":1000000000001}`, nil, 400, "totalAmount"},
+		{"amount overflows int64", "POST", "/orders", `{"customerId":"a","totalAmount":99999999999999999999}`, nil, 400, "totalAmount"},
+		{"missing amount", "POST", "/orders", `{"customerId":"a"}`, nil, 400, "totalAmount"},
+		{"empty currency", "POST", "/orders", `{"customerId":"a","totalAmount":1,"currency":""}`, nil, 400, "currency"},
+		{"lower-case currency", "POST", "/orders", `{"customerId":"a","totalAmount":1,"currency":"brl"}`, nil, 400, "currency"},
+		{"unknown currency", "POST", "/orders", `{"customerId":"a","totalAmount":1,"currency":"ZZZ"}`, nil, 400, "currency"},
+		{"number currency", "POST", "/orders", `{"customerId":"a","totalAmount":1,"currency":5}`, nil, 400, "currency"},
+		{"null currency", "POST", "/orders", `{"customerId":"a","totalAmount":1,"currency":null}`, nil, 400, "currency"},
+		{"items do not add up", "POST", "/orders", `{"customerId":"a","totalAmount":5,"items":[{"sku":"x","quantity":2,"unitPrice":3}]}`, nil, 400, "totalAmount"},
+		{"empty items", "POST", "/orders", `{"customerId":"a","totalAmount":5,"items":[]}`, nil, 400, "items"},
+		{"zero quantity", "POST", "/orders", `{"customerId":"a","items":[{"sku":"x","quantity":0,"unitPrice":3}]}`, nil, 400, "items[0].quantity"},
+		{"negative price", "POST", "/orders", `{"customerId":"a","items":[{"sku":"x","quantity":1,"unitPrice":-1}]}`, nil, 400, "items[0].unitPrice"},
+		{"missing sku", "POST", "/orders", `{"customerId":"a","items":[{"quantity":1,"unitPrice":1}]}`, nil, 400, "items[0].sku"},
+		{"items sum to zero", "POST", "/orders", `{"customerId":"a","items":[{"sku":"x","quantity":1,"unitPrice":0}]}`, nil, 400, "items"},
+		{"bad limit", "GET", "/orders?limit=1000", "", nil, 400, "limit"},
+		{"bad cursor", "GET", "/orders?cursor=!!", "", nil, 400, "cursor"},
+		{"bad customer filter", "GET", "/orders?customerId=%ff", "", nil, 400, "customerId"},
+		{"empty idempotency key", "POST", "/orders", `{"customerId":"a","totalAmount":1}`, []string{"Idempotency-Key", " "}, 400, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := s.do(tc.method, tc.path, tc.body, tc.headers...)
+			if rec.Code != tc.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tc.status, rec.Body)
+			}
+			if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
+				t.Errorf("Content-Type %q", ct)
+			}
+			p := decode[web.Error](t, rec)
+			if p.Status != tc.status || p.Title == "" || p.Type == "" || p.Detail == "" {
+				t.Errorf("problem = %+v", p)
+			}
+			if tc.field != "" {
+				found := false
+				for _, f := range p.Errors {
+					found = found || f.Field == tc.field
+				}
+				if !found {
+					t.Errorf("errors %+v do not name %q", p.Errors, tc.field)
+				}
+			}
+		})
+	}
+	if n := s.count(t, "orders"); n != 0 {
+		t.Errorf("%d orders stored from bad input", n)
+	}
+}
+
+func TestIdempotencyKey(t *testing.T) {
+	s := newService(t, false)
+	body := `{"customerId":"c","totalAmount":100}`
+	first := s.do("POST", "/orders", body, "Idempotency-Key", "key-1")
+	if first.Code != http.StatusCreated || first.Header().Get("Idempotent-Replayed") != "" {
+		t.Fatalf("first: %d %v %s", first.Code, first.Header(), first.Body)
+	}
+
+	// The same request, formatted differently, is a replay of the first answer.
+	replay := s.do("POST", "/orders", "{ \"totalAmount\": 100,\n \"customerId\": \"c\" }", "Idempotency-Key", "key-1")
+	if replay.Code != http.StatusCreated || replay.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("replay: %d %v %s", replay.Code, replay.Header(), replay.Body)
+	}
+	if replay.Body.String() != first.Body.String() || replay.Header().Get("Location") != first.Header().Get("Location") {
+		t.Errorf("replay body %s, want %s", replay.Body, first.Body)
+	}
+
+	mismatch := s.do("POST", "/orders", `{"customerId":"c","totalAmount":101}`, "Idempotency-Key", "key-1")
+	if mismatch.Code != http.StatusUnprocessableEntity {
+		t.Errorf("mismatch: %d %s", mismatch.Code, mismatch.Body)
+	}
+
+	// Hold the key's lock as a request in flight would.
+	ctx := context.Background()
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "key-2"); err != nil {
+		t.Fatal(err)
+	}
+	inFlight := s.do("POST", "/orders", body, "Idempotency-Key", "key-2")
+	if inFlight.Code != http.StatusConflict {
+		t.Errorf("in flight: %d %s", inFlight.Code, inFlight.Body)
+	}
+	_ = tx.Rollback(ctx)
+	if after := s.do("POST", "/orders", body, "Idempotency-Key", "key-2"); after.Code != http.StatusCreated || after.Header().Get("Idempotent-Replayed") != "" {
+		t.Errorf("after the first finished: %d %s", after.Code, after.Body)
+	}
+
+	if n := s.count(t, "orders"); n != 2 {
+		t.Errorf("orders = %d, want 2 (one per key)", n)
+	}
+	if n := s.count(t, "outbox"); n != 2 {
+		t.Errorf("outbox rows = %d, want 2", n)
+	}
+}
+
+// A failure after the order insert must leave neither the order nor its event.
+func TestCreateIsOneTransaction(t *testing.T) {
+	s := newService(t, false)
+	ctx := context.Background()
+	if _, err := s.pool.Exec(ctx, `
+		CREATE FUNCTION fail_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'outbox unavailable'; END $$;
+		CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION fail_outbox();`); err != nil {
+		t.Fatal(err)
+	}
+	rec := s.do("POST", "/orders", `{"customerId":"c","totalAmount":100}`)
+	if rec.Code != http.StatusInternalServerError {
+		t.Fatalf("status %d, want 500 when the outbox insert fails: %s", rec.Code, rec.Body)
+	}
+	if strings.Contains(rec.Body.String(), "outbox unavailable") {
+		t.Errorf("the answer leaks the database error: %s", rec.Body)
+	}
+	if n := s.count(t, "orders"); n != 0 {
+		t.Errorf("orders = %d after a failed outbox insert, want 0", n)
+	}
+	if n := s.count(t, "outbox"); n != 0 {
+		t.Errorf("outbox rows = %d, want 0", n)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	s := newService(t, true)
+	rec := s.do("GET", "/health", "")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("health: %d %s", rec.Code, rec.Body)
+	}
+	h := decode[struct {
+		Status string
+		Checks map[string]string
+	}](t, rec)
+	if h.Status != "ok" || h.Checks["postgres"] != "ok" || h.Checks["rabbitmq"] != "ok" {
+		t.Errorf("health = %+v", h)
+	}
+
+	// With the broker unreachable the same endpoint answers 503 and names it.
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dead := rabbit.NewSession("amqp://guest:guest@127.0.0.1:1/", "dead", log)
+	h503 := NewServer(log, s.store, 1<<20, map[string]web.Check{"postgres": s.pool.Ping, "rabbitmq": dead.Check})
+	rec = httptest.NewRecorder()
+	h503.ServeHTTP(rec, httptest.NewRequest("GET", "/health", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("health without broker: %d %s", rec.Code, rec.Body)
+	}
+	h = decode[struct {
+		Status string
+		Checks map[string]string
+	}](t, rec)
+	if h.Checks["postgres"] != "ok" || h.Checks["rabbitmq"] == "ok" {
+		t.Errorf("health without broker = %+v", h)
+	}
+}
+
