@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"invoicing/shared/testenv"
+)
+
+// The real binary: built, started on a free port, driven over HTTP, and
+// stopped with SIGTERM while a request is in flight.
+func TestBinaryServesAndShutsDownGracefully(t *testing.T) {
+	brokerURL := testenv.Vhost(t)
+	recv := receive(t, brokerURL)
+	proc := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders"), map[string]string{
+		"DATABASE_URL": testenv.Database(t),
+		"BROKER_URL":   brokerURL,
+		"LOG_LEVEL":    "debug",
+	})
+
+	resp, err := http.Post(proc.URL+"/orders", "application/json", strings.NewReader(`{"customerId":"bin","totalAmount":4200}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o Order
+	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST: %d %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get(proc.URL + resp.Header.Get("Location"))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET Location: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	recv.byOrder(t, []Order{o}, 10*time.Second) // the relay inside the binary published it
+
+	// Start a request, send SIGTERM before its body is complete, then finish it.
+	u, _ := url.Parse(proc.URL)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"customerId":"late","totalAmount":1}`
+	fmt.Fprintf(conn, "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:10])
+	time.Sleep(100 * time.Millisecond)
+	proc.Signal(syscall.SIGTERM)
+	time.Sleep(200 * time.Millisecond)
+	if _, err := conn.Write([]byte(body[10:])); err != nil {
+		t.Fatalf("finish in-flight request: %v", err)
+	}
+	inflight, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("in-flight request got no answer: %v", err)
+	}
+	if inflight.StatusCode != http.StatusCreated {
+		t.Errorf("in-flight request answered %d, want 201", inflight.StatusCode)
+	}
+	if err := proc.Stop(15 * time.Second); err != nil {
+		t.Errorf("exit after SIGTERM: %v\n%s", err, proc.Logs())
+	}
+	if _, err := http.Get(proc.URL + "/health"); err == nil {
+		t.Error("still accepting connections after shutdown")
+	}
+	if !strings.Contains(proc.Logs(), `"msg":"shutting down"`) {
+		t.Errorf("no shutdown log line:\n%s", proc.Logs())
+	}
+}
