@@ -2,7 +2,7 @@
 # 127.0.0.1:5432 (user postgres, trust auth) and RabbitMQ on 127.0.0.1:5672
 # (guest/guest); `make services` starts or installs them on Debian.
 
-SERVICES := orders
+SERVICES := orders invoices
 GO       ?= go
 
 .PHONY: build run test test-short fuzz vet services clean

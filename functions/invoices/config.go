@@ -1,0 +1,35 @@
+package main
+
+import (
+	"time"
+
+	"invoicing/shared/config"
+)
+
+// Config is everything the invoices service reads from its environment.
+type Config struct {
+	config.Common
+	// Prefetch is how many unacked deliveries the broker may hand out.
+	Prefetch int
+	// BatchSize is how many deliveries one database transaction issues.
+	BatchSize int
+	// BatchWait is how long a batch may wait to fill after its first
+	// delivery; 0 takes only what has already arrived.
+	BatchWait  time.Duration
+	DBMaxConns int
+}
+
+func loadConfig(getenv func(string) string) (Config, error) {
+	r := config.NewReader(getenv)
+	c := Config{
+		Common:     config.ReadCommon(r, 3334, "invoices"),
+		Prefetch:   r.Int("PREFETCH", 500, 1, 65535),
+		BatchSize:  r.Int("BATCH_SIZE", 200, 1, 5000),
+		BatchWait:  r.Duration("BATCH_WAIT", 0, 0, time.Second),
+		DBMaxConns: r.Int("DB_MAX_CONNS", 8, 2, 1000),
+	}
+	if c.BatchSize > c.Prefetch {
+		c.BatchSize = c.Prefetch // a batch can never hold more than the broker hands out
+	}
+	return c, r.Err()
+}

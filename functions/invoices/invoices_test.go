@@ -1,0 +1,345 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"invoicing/functions/invoices/migrations"
+	"invoicing/shared/event"
+	"invoicing/shared/postgres"
+	"invoicing/shared/rabbit"
+	"invoicing/shared/testenv"
+	"invoicing/shared/web"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+type service struct {
+	dbURL     string
+	brokerURL string
+	pool      *pgxpool.Pool // direct, for assertions
+	log       *slog.Logger
+	pub       *amqp.Channel
+}
+
+func newService(t *testing.T) *service {
+	t.Helper()
+	s := &service{dbURL: testenv.Database(t), brokerURL: testenv.Vhost(t), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ctx := context.Background()
+	pool, err := postgres.Open(ctx, s.dbURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := postgres.Migrate(ctx, pool, migrations.FS, s.log); err != nil {
+		t.Fatal(err)
+	}
+	s.pool = pool
+	conn, err := amqp.Dial(s.brokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if s.pub, err = conn.Channel(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rabbit.Declare(s.pub); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// startConsumer runs a consumer against dbURL and brokerURL (which may go
+// through a proxy) until the test ends.
+func (s *service) startConsumer(t *testing.T, dbURL, brokerURL string, batch int) {
+	t.Helper()
+	pool, err := postgres.Open(context.Background(), dbURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := rabbit.NewSession(brokerURL, "invoices-test", s.log)
+	c := &Consumer{Session: session, Store: &Store{pool: pool}, Log: s.log, Prefetch: 2 * batch, BatchSize: batch}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { stop(); <-done; session.Close(); pool.Close() })
+}
+
+func newEvent(customer string, amount int64) event.OrderCreated {
+	return event.OrderCreated{
+		EventID: uuid.Must(uuid.NewV7()), Type: event.TypeOrderCreated, OccurredAt: time.Now().UTC(),
+		OrderID: uuid.Must(uuid.NewV7()), Customer: event.Customer{ID: customer}, TotalAmount: amount, Currency: "USD",
+	}
+}
+
+func (s *service) publish(t *testing.T, exchange, key string, body []byte, id string) {
+	t.Helper()
+	err := s.pub.PublishWithContext(context.Background(), exchange, key, false, false, amqp.Publishing{
+		ContentType: "application/json", DeliveryMode: amqp.Persistent, MessageId: id, Body: body,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *service) publishEvent(t *testing.T, e event.OrderCreated) {
+	t.Helper()
+	body, _ := json.Marshal(e)
+	s.publish(t, rabbit.Exchange, rabbit.RoutingKeyOrderCreated, body, e.EventID.String())
+}
+
+func (s *service) invoiceCount(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM invoices`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (s *service) waitInvoices(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	testenv.Eventually(t, timeout, fmt.Sprintf("%d invoices", n), func() bool { return s.invoiceCount(t) >= n })
+}
+
+// assertGapless checks that the year's numbers run 1..count with no hole and
+// that every invoice's number matches its sequence.
+func (s *service) assertGapless(t *testing.T) {
+	t.Helper()
+	var count, minSeq, maxSeq, mismatched int
+	err := s.pool.QueryRow(context.Background(), `
+		SELECT count(*), coalesce(min(seq),0), coalesce(max(seq),0),
+		       count(*) FILTER (WHERE number <> format('INV-%s-%s', year, lpad(seq::text, 6, '0')))
+		FROM invoices`).Scan(&count, &minSeq, &maxSeq, &mismatched)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if count > 0 && (minSeq != 1 || maxSeq != count) || mismatched != 0 {
+		t.Errorf("numbers not gapless: %d invoices, seq %d..%d, %d mismatched numbers", count, minSeq, maxSeq, mismatched)
+	}
+}
+
+func (s *service) deadLetters(t *testing.T) int {
+	t.Helper()
+	q, err := s.pub.QueueDeclarePassive(rabbit.DeadLetterQueue, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Messages
+}
+
+func TestEveryEventBecomesOneInvoice(t *testing.T) {
+	s := newService(t)
+	s.startConsumer(t, s.dbURL, s.brokerURL, 20)
+	events := make([]event.OrderCreated, 120)
+	for i := range events {
+		events[i] = newEvent(fmt.Sprintf("c%d", i%7), int64(i+1))
+		s.publishEvent(t, events[i])
+	}
+	// Every event again: redeliveries and duplicate publishes are no-ops.
+	for _, e := range events {
+		s.publishEvent(t, e)
+	}
+	s.waitInvoices(t, len(events), 20*time.Second)
+	testenv.Eventually(t, 10*time.Second, "queue drained", func() bool {
+		q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
+		return err == nil && q.Messages == 0
+	})
+	if n := s.invoiceCount(t); n != len(events) {
+		t.Errorf("%d invoices for %d events", n, len(events))
+	}
+	s.assertGapless(t)
+	var amount int64
+	var currency, customer string
+	e := events[5]
+	if err := s.pool.QueryRow(context.Background(), `SELECT amount, currency, customer_id FROM invoices WHERE order_id = $1`, e.OrderID).
+		Scan(&amount, &currency, &customer); err != nil {
+		t.Fatal(err)
+	}
+	if amount != e.TotalAmount || currency != "USD" || customer != e.Customer.ID {
+		t.Errorf("invoice %d %s %s for event %+v", amount, currency, customer, e)
+	}
+	if n := s.deadLetters(t); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+}
+
+// The original Node.js producer sent {orderId, totalAmount, customer:{id}}
+// straight to queue "orders" through the default exchange.
+func TestNodeStyleMessageBecomesInvoice(t *testing.T) {
+	s := newService(t)
+	s.startConsumer(t, s.dbURL, s.brokerURL, 10)
+	orderID := uuid.New()
+	s.publish(t, "", rabbit.Queue, []byte(fmt.Sprintf(`{"orderId":%q,"totalAmount":2500,"customer":{"id":"node-customer"}}`, orderID)), "")
+	s.waitInvoices(t, 1, 10*time.Second)
+	var amount int64
+	var currency, customer string
+	if err := s.pool.QueryRow(context.Background(), `SELECT amount, currency, customer_id FROM invoices WHERE order_id = $1`, orderID).
+		Scan(&amount, &currency, &customer); err != nil {
+		t.Fatal(err)
+	}
+	if amount != 2500 || currency != "BRL" || customer != "node-customer" {
+		t.Errorf("invoice %d %s %s", amount, currency, customer)
+	}
+}
+
+func TestPoisonMessagesAreDeadLettered(t *testing.T) {
+	s := newService(t)
+	s.startConsumer(t, s.dbURL, s.brokerURL, 10)
+	poison := map[string]string{
+		"not JSON":         `{"orderId":`,
+		"missing orderId":  `{"totalAmount":1,"customer":{"id":"c"}}`,
+		"missing customer": fmt.Sprintf(`{"orderId":%q,"totalAmount":1}`, uuid.New()),
+		"missing amount":   fmt.Sprintf(`{"orderId":%q,"customer":{"id":"c"}}`, uuid.New()),
+		"fractional":       fmt.Sprintf(`{"orderId":%q,"totalAmount":1.5,"customer":{"id":"c"}}`, uuid.New()),
+		"unknown type":     fmt.Sprintf(`{"type":"order.cancelled","orderId":%q,"totalAmount":1,"customer":{"id":"c"}}`, uuid.New()),
+		"unknown version":  fmt.Sprintf(`{"type":"order.created","version":2,"orderId":%q,"totalAmount":1,"customer":{"id":"c"}}`, uuid.New()),
+		"bad currency":     fmt.Sprintf(`{"orderId":%q,"totalAmount":1,"currency":"reais","customer":{"id":"c"}}`, uuid.New()),
+	}
+	good := 0
+	for name, body := range poison {
+		s.publishEvent(t, newEvent("good", 10))
+		good++
+		s.publish(t, rabbit.Exchange, rabbit.RoutingKeyOrderCreated, []byte(body), name)
+	}
+	s.publishEvent(t, newEvent("good", 10))
+	good++
+	s.waitInvoices(t, good, 20*time.Second)
+	testenv.Eventually(t, 10*time.Second, "every poison message dead-lettered", func() bool { return s.deadLetters(t) == len(poison) })
+	if n := s.invoiceCount(t); n != good {
+		t.Errorf("%d invoices, want %d", n, good)
+	}
+	s.assertGapless(t)
+}
+
+// With the database unreachable, good messages wait; none is dead-lettered,
+// and all are invoiced once it is back.
+func TestDatabaseOutageDeadLettersNothing(t *testing.T) {
+	s := newService(t)
+	cfg, _ := pgxpool.ParseConfig(s.dbURL)
+	proxy := testenv.NewProxy(t, fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port))
+	proxied := strings.Replace(s.dbURL, fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port), proxy.Addr(), 1)
+	s.startConsumer(t, proxied, s.brokerURL, 10)
+
+	s.publishEvent(t, newEvent("before", 1))
+	s.waitInvoices(t, 1, 10*time.Second)
+	proxy.Cut()
+	for range 40 {
+		s.publishEvent(t, newEvent("during", 1))
+	}
+	time.Sleep(1500 * time.Millisecond) // several failed attempts
+	if n := s.invoiceCount(t); n != 1 {
+		t.Fatalf("%d invoices while the database was cut off", n)
+	}
+	proxy.Restore()
+	s.waitInvoices(t, 41, 30*time.Second)
+	if n := s.deadLetters(t); n != 0 {
+		t.Errorf("%d good messages dead-lettered during the outage", n)
+	}
+	if n := s.invoiceCount(t); n != 41 {
+		t.Errorf("%d invoices, want 41", n)
+	}
+	s.assertGapless(t)
+}
+
+// The consumer's broker connection is cut mid-run; it reconnects by itself.
+func TestConsumerRecoversFromBrokerConnectionLoss(t *testing.T) {
+	s := newService(t)
+	host := strings.SplitN(strings.TrimPrefix(s.brokerURL, "amqp://"), "@", 2)[1]
+	host = host[:strings.Index(host, "/")]
+	proxy := testenv.NewProxy(t, host)
+	s.startConsumer(t, s.dbURL, strings.Replace(s.brokerURL, host, proxy.Addr(), 1), 10)
+
+	for range 20 {
+		s.publishEvent(t, newEvent("before", 1))
+	}
+	s.waitInvoices(t, 20, 10*time.Second)
+	proxy.Cut()
+	for range 30 {
+		s.publishEvent(t, newEvent("during", 1))
+	}
+	time.Sleep(500 * time.Millisecond)
+	proxy.Restore()
+	for range 10 {
+		s.publishEvent(t, newEvent("after", 1))
+	}
+	s.waitInvoices(t, 60, 30*time.Second)
+	if n := s.invoiceCount(t); n != 60 {
+		t.Errorf("%d invoices, want 60", n)
+	}
+	s.assertGapless(t)
+}
+
+func TestReadAPI(t *testing.T) {
+	s := newService(t)
+	store := &Store{pool: s.pool}
+	events := []event.OrderCreated{newEvent("alice", 100), newEvent("bob", 200), newEvent("alice", 300)}
+	issued, err := store.Issue(context.Background(), events)
+	if err != nil || len(issued) != 3 {
+		t.Fatalf("Issue = %d, %v", len(issued), err)
+	}
+	if again, err := store.Issue(context.Background(), events); err != nil || len(again) != 0 {
+		t.Fatalf("Issue again = %d, %v; want none", len(again), err)
+	}
+	h := NewServer(s.log, store, map[string]web.Check{"postgres": s.pool.Ping})
+	get := func(path string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec
+	}
+	rec := get("/invoices/" + issued[1].ID.String())
+	var v Invoice
+	if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil || rec.Code != 200 {
+		t.Fatalf("GET: %d %s", rec.Code, rec.Body)
+	}
+	if v.OrderID != events[1].OrderID || v.Amount != 200 || v.Status != "issued" || !strings.HasPrefix(v.Number, "INV-") || !strings.HasSuffix(v.Number, "-000002") {
+		t.Errorf("invoice = %+v", v)
+	}
+
+	var page web.Page[Invoice]
+	rec = get("/invoices?customerId=alice&limit=1")
+	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil || len(page.Data) != 1 || page.Data[0].Amount != 300 || page.NextCursor == "" {
+		t.Fatalf("page 1: %s", rec.Body)
+	}
+	rec = get("/invoices?customerId=alice&limit=1&cursor=" + page.NextCursor)
+	page = web.Page[Invoice]{}
+	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil || len(page.Data) != 1 || page.Data[0].Amount != 100 || page.NextCursor != "" {
+		t.Fatalf("page 2: %s", rec.Body)
+	}
+	rec = get("/invoices?orderId=" + events[2].OrderID.String())
+	page = web.Page[Invoice]{}
+	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil || len(page.Data) != 1 || page.Data[0].OrderID != events[2].OrderID {
+		t.Fatalf("by order: %s", rec.Body)
+	}
+
+	for path, status := range map[string]int{
+		"/invoices/nope":                400,
+		"/invoices/" + uuid.NewString(): 404,
+		"/invoices?orderId=42":          400,
+		"/invoices?limit=0":             400,
+		"/invoices?cursor=abc":          400,
+		"/invoices?customerId=%ff":      400,
+		"/nothing":                      404,
+	} {
+		if rec := get(path); rec.Code != status || rec.Header().Get("Content-Type") != "application/problem+json" {
+			t.Errorf("GET %s: %d %s, want %d problem", path, rec.Code, rec.Body, status)
+		}
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/invoices", strings.NewReader("{}")))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /invoices: %d", rec.Code)
+	}
+}

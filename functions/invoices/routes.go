@@ -1,0 +1,27 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"invoicing/shared/web"
+)
+
+// NewServer returns the invoices read API. The same handler serves net/http and Lambda.
+func NewServer(log *slog.Logger, store *Store, checks map[string]web.Check) http.Handler {
+	r := web.NewRouter()
+	h := func(fn web.HandlerFunc) http.Handler { return web.Handle(log, httpError, fn) }
+	r.Handle("/invoices", h(handleListInvoices(store))).Methods(http.MethodGet)
+	r.Handle("/invoices/{id}", h(handleGetInvoice(store))).Methods(http.MethodGet)
+	r.Handle("/health", web.Health(checks)).Methods(http.MethodGet)
+	return web.Observe(log, r)
+}
+
+// httpError maps the domain's errors to HTTP answers, in one place.
+func httpError(err error) error {
+	if errors.Is(err, ErrNotFound) {
+		return web.Errorf(http.StatusNotFound, "%v", err)
+	}
+	return err
+}
