@@ -76,10 +76,12 @@ func Parse(body []byte) (OrderCreated, error) {
 	if w.TotalAmount == nil {
 		return OrderCreated{}, fmt.Errorf("%w: totalAmount is missing", ErrInvalid)
 	}
-	dec := json.NewDecoder(bytes.NewReader(*w.TotalAmount))
-	dec.UseNumber()
+	raw := bytes.TrimSpace(*w.TotalAmount)
+	if len(raw) == 0 || raw[0] == '"' {
+		return OrderCreated{}, fmt.Errorf("%w: totalAmount is not a number", ErrInvalid)
+	}
 	var n json.Number
-	if err := dec.Decode(&n); err != nil {
+	if err := json.Unmarshal(raw, &n); err != nil {
 		return OrderCreated{}, fmt.Errorf("%w: totalAmount is not a number", ErrInvalid)
 	}
 	amount, err := n.Int64()

@@ -1,0 +1,41 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReadCommon(t *testing.T) {
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+
+	c := ReadCommon(NewReader(getenv), 3333, "orders")
+	if c.Port != 3333 || c.DatabaseURL != "postgres://postgres@127.0.0.1:5432/orders?sslmode=disable" ||
+		c.BrokerURL != LocalBrokerURL || c.BodyLimit != 1<<20 || c.ShutdownTimeout != 20*time.Second {
+		t.Errorf("defaults = %+v", c)
+	}
+
+	env = map[string]string{"PORT": "8080", "DATABASE_URL": "postgres://u@db:5432/x", "SHUTDOWN_TIMEOUT": "5s", "LOG_LEVEL": "DEBUG"}
+	r := NewReader(getenv)
+	c = ReadCommon(r, 3333, "orders")
+	if err := r.Err(); err != nil || c.Port != 8080 || c.DatabaseURL != "postgres://u@db:5432/x" || c.ShutdownTimeout != 5*time.Second || c.LogLevel != "debug" {
+		t.Errorf("set = %+v, %v", c, err)
+	}
+
+	env = map[string]string{"PORT": "http", "BROKER_URL": "http://user:secret@host/", "SHUTDOWN_TIMEOUT": "soon", "AUTO_MIGRATE": "perhaps", "LOG_LEVEL": "loud"}
+	r = NewReader(getenv)
+	ReadCommon(r, 3333, "orders")
+	err := r.Err()
+	if err == nil {
+		t.Fatal("invalid values accepted")
+	}
+	for _, name := range []string{"PORT", "BROKER_URL", "SHUTDOWN_TIMEOUT", "AUTO_MIGRATE", "LOG_LEVEL"} {
+		if !strings.Contains(err.Error(), name+"=") {
+			t.Errorf("error does not name %s: %v", name, err)
+		}
+	}
+	if strings.Contains(err.Error(), "secret") {
+		t.Errorf("error shows a password: %v", err)
+	}
+}
