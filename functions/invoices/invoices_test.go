@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -36,17 +35,8 @@ type service struct {
 
 func newService(t *testing.T) *service {
 	t.Helper()
-	s := &service{dbURL: testenv.Database(t), brokerURL: testenv.Vhost(t), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	ctx := context.Background()
-	pool, err := postgres.Open(ctx, s.dbURL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := postgres.Migrate(ctx, pool, migrations.FS, s.log); err != nil {
-		t.Fatal(err)
-	}
-	s.pool = pool
+	s := &service{brokerURL: testenv.Vhost(t), log: slog.New(slog.DiscardHandler)}
+	s.dbURL, s.pool = testenv.MigratedDatabase(t, migrations.FS)
 	conn, err := amqp.Dial(s.brokerURL)
 	if err != nil {
 		t.Fatal(err)

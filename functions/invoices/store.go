@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"invoicing/shared/event"
+	"invoicing/shared/postgres"
 )
 
 // Invoice is an issued invoice, as the API returns it.
@@ -159,22 +160,8 @@ type ListFilter struct {
 
 // List returns up to f.Limit invoices, newest first, after the cursor.
 func (s *Store) List(ctx context.Context, f ListFilter) ([]Invoice, error) {
-	q := `SELECT ` + invoiceColumns + ` FROM invoices WHERE true`
-	args := []any{}
-	if f.OrderID != uuid.Nil {
-		args = append(args, f.OrderID)
-		q += fmt.Sprintf(` AND order_id = $%d`, len(args))
-	}
-	if f.CustomerID != "" {
-		args = append(args, f.CustomerID)
-		q += fmt.Sprintf(` AND customer_id = $%d`, len(args))
-	}
-	if f.After != uuid.Nil {
-		args = append(args, f.After)
-		q += fmt.Sprintf(` AND id < $%d`, len(args))
-	}
-	args = append(args, f.Limit)
-	q += fmt.Sprintf(` ORDER BY id DESC LIMIT $%d`, len(args))
+	q, args := postgres.PageQuery(`SELECT `+invoiceColumns+` FROM invoices`,
+		[]postgres.Filter{{Column: "order_id", Value: f.OrderID}, {Column: "customer_id", Value: f.CustomerID}}, f.After, f.Limit)
 	rows, _ := s.pool.Query(ctx, q, args...)
 	invoices, err := pgx.CollectRows(rows, scanInvoice)
 	if err != nil {

@@ -8,16 +8,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"invoicing/functions/orders/migrations"
 	"invoicing/shared/outbox"
@@ -27,14 +21,7 @@ import (
 	"invoicing/shared/web"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "orders:", err)
-		os.Exit(1)
-	}
-}
+func main() { runtime.Main("orders", run) }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	cfg, err := loadConfig(getenv)
@@ -42,32 +29,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	log := runtime.NewLogger(stdout, cfg.LogLevel).With("service", "orders")
-	command := "serve"
-	if len(args) > 0 {
-		command = args[0]
+	command, err := runtime.ParseCommand(args)
+	if err != nil {
+		return err
 	}
-	if command != "serve" && command != "migrate" {
-		return fmt.Errorf("unknown command %q (want serve or migrate)", command)
-	}
-
-	if cfg.CreateDatabase {
-		if err := postgres.EnsureDatabase(ctx, cfg.DatabaseURL); err != nil {
-			return err
-		}
-	}
-	pool, err := postgres.Open(ctx, cfg.DatabaseURL, func(c *pgxpool.Config) {
-		c.MaxConns = int32(cfg.DBMaxConns)
+	pool, err := postgres.Prepare(ctx, postgres.Setup{
+		URL: cfg.DatabaseURL, MaxConns: cfg.DBMaxConns, Create: cfg.CreateDatabase,
+		Migrate: cfg.AutoMigrate || command == runtime.CommandMigrate, Migrations: migrations.FS, Log: log,
 	})
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if command == "migrate" || cfg.AutoMigrate {
-		if err := postgres.Migrate(ctx, pool, migrations.FS, log); err != nil {
-			return err
-		}
-	}
-	if command == "migrate" {
+	if command == runtime.CommandMigrate {
 		return nil
 	}
 

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"invoicing/functions/orders/migrations"
-	"invoicing/shared/postgres"
 	"invoicing/shared/rabbit"
 	"invoicing/shared/testenv"
 	"invoicing/shared/web"
@@ -32,16 +31,8 @@ type service struct {
 
 func newService(t *testing.T, withBroker bool) *service {
 	t.Helper()
-	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	pool, err := postgres.Open(ctx, testenv.Database(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := postgres.Migrate(ctx, pool, migrations.FS, log); err != nil {
-		t.Fatal(err)
-	}
+	log := slog.New(slog.DiscardHandler)
+	_, pool := testenv.MigratedDatabase(t, migrations.FS)
 	s := &service{pool: pool, store: &Store{pool: pool}, log: log}
 	checks := map[string]web.Check{"postgres": pool.Ping}
 	if withBroker {
@@ -332,4 +323,3 @@ func TestHealth(t *testing.T) {
 		t.Errorf("health without broker = %+v", h)
 	}
 }
-

@@ -203,7 +203,7 @@ func TestRelayRecoversFromBrokerOutage(t *testing.T) {
 
 	proxy.Cut()
 	during := s.createOrders(t, 50, "during") // every one answered 201 by createOrders
-	time.Sleep(300 * time.Millisecond)         // the relay tries and fails meanwhile
+	time.Sleep(300 * time.Millisecond)        // the relay tries and fails meanwhile
 	var waiting int
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&waiting); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"invoicing/shared/event"
 	"invoicing/shared/outbox"
+	"invoicing/shared/postgres"
 	"invoicing/shared/rabbit"
 )
 
@@ -159,18 +160,8 @@ type ListFilter struct {
 
 // List returns up to f.Limit orders, newest first, after the cursor.
 func (s *Store) List(ctx context.Context, f ListFilter) ([]Order, error) {
-	q := `SELECT ` + orderColumns + ` FROM orders WHERE true`
-	args := []any{}
-	if f.CustomerID != "" {
-		args = append(args, f.CustomerID)
-		q += fmt.Sprintf(` AND customer_id = $%d`, len(args))
-	}
-	if f.After != uuid.Nil {
-		args = append(args, f.After)
-		q += fmt.Sprintf(` AND id < $%d`, len(args))
-	}
-	args = append(args, f.Limit)
-	q += fmt.Sprintf(` ORDER BY id DESC LIMIT $%d`, len(args))
+	q, args := postgres.PageQuery(`SELECT `+orderColumns+` FROM orders`,
+		[]postgres.Filter{{Column: "customer_id", Value: f.CustomerID}}, f.After, f.Limit)
 	rows, _ := s.pool.Query(ctx, q, args...)
 	orders, err := pgx.CollectRows(rows, scanOrder)
 	if err != nil {

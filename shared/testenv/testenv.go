@@ -8,6 +8,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io/fs"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -16,6 +18,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"invoicing/shared/postgres"
 )
 
 // Servers the tests use; override with TEST_DATABASE_URL and TEST_BROKER_URL.
@@ -128,3 +133,17 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
+// MigratedDatabase creates a database for the test, applies migrations and
+// returns its URL and a pool closed when the test ends.
+func MigratedDatabase(t testing.TB, migrations fs.FS) (string, *pgxpool.Pool) {
+	t.Helper()
+	url := Database(t)
+	pool, err := postgres.Prepare(context.Background(), postgres.Setup{
+		URL: url, Migrate: true, Migrations: migrations, Log: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return url, pool
+}
