@@ -16,14 +16,19 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/d
   echo "installing PostgreSQL"
   install postgresql postgresql-client
 fi
+version=$(ls /etc/postgresql | sort -V | tail -n1)
+hba=/etc/postgresql/$version/main/pg_hba.conf
+hba_changed=
+if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+  # Passwordless loopback access for the local postgres user: for local use only.
+  as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+  hba_changed=1
+fi
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
-  version=$(ls /etc/postgresql | sort -V | tail -n1)
-  hba=/etc/postgresql/$version/main/pg_hba.conf
-  if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
-    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
-  fi
   echo "starting PostgreSQL $version"
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+elif [ -n "$hba_changed" ]; then
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
 fi
 for _ in $(seq 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 pg_isready -h 127.0.0.1 -p 5432
