@@ -8,7 +8,13 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"invoicing/shared/event"
 	"invoicing/shared/postgres"
@@ -151,33 +157,60 @@ func (c *Consumer) collect(ctx context.Context, deliveries <-chan amqp.Delivery)
 func (c *Consumer) handle(ctx, stop context.Context, ch *amqp.Channel, batch []amqp.Delivery) error {
 	events := make([]event.OrderCreated, 0, len(batch))
 	good := make([]amqp.Delivery, 0, len(batch))
+	spans := make([]trace.Span, 0, len(batch))
+	defer func() {
+		for _, span := range spans {
+			span.End()
+		}
+	}()
 	for _, d := range batch {
+		// Each message's span continues the trace of the order it carries.
+		_, span := tracer.Start(rabbit.Extract(ctx, d.Headers), "process "+rabbit.Queue,
+			trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(rabbit.MessagingAttributes(rabbit.Queue, d.RoutingKey, d.MessageId, len(d.Body))...),
+			trace.WithAttributes(semconv.MessagingOperationTypeProcess, semconv.MessagingOperationName("process"),
+				attribute.Bool("messaging.rabbitmq.redelivered", d.Redelivered)))
+		if d.Redelivered {
+			messagesRedelivered.Add(ctx, 1)
+		}
 		e, err := event.Parse(d.Body)
 		if err != nil {
-			c.reject(d, err)
+			c.reject(trace.ContextWithSpan(ctx, span), span, d, err)
+			span.End()
 			continue
 		}
+		spans = append(spans, span)
 		events = append(events, e)
 		good = append(good, d)
 	}
 	if len(good) == 0 {
 		return nil
 	}
+	// The batch's transaction sits under the first message's span, and
+	// links every message of the batch.
+	links := make([]trace.Link, len(spans))
+	for i, span := range spans {
+		links[i] = trace.Link{SpanContext: span.SpanContext()}
+	}
+	batchCtx, batchSpan := tracer.Start(trace.ContextWithSpan(ctx, spans[0]), "issue invoices",
+		trace.WithLinks(links...), trace.WithAttributes(semconv.MessagingBatchMessageCount(len(good))))
+	defer batchSpan.End()
 	retry := newBackoff()
 	for {
-		issued, err := c.Store.Issue(ctx, events)
+		issued, err := c.Store.Issue(batchCtx, events)
 		if err == nil {
-			c.Log.Debug("batch issued", "deliveries", len(good), "invoices", len(issued))
+			c.Log.DebugContext(batchCtx, "batch issued", "deliveries", len(good), "invoices", len(issued))
 			if err := ch.Ack(good[len(good)-1].DeliveryTag, true); err != nil {
 				return fmt.Errorf("ack batch: %w", err)
 			}
+			recordIssued(ctx, events, issued)
 			return nil
 		}
 		if !postgres.IsUnavailable(err) {
-			return c.handleOneByOne(ctx, ch, good, events, err)
+			return c.handleOneByOne(batchCtx, ch, good, spans, events, err)
 		}
 		delay := retry.NextBackOff()
-		c.Log.Warn("database unavailable; holding batch", "deliveries", len(good), "err", err, "retry_in", delay.String())
+		c.Log.WarnContext(batchCtx, "database unavailable; holding batch", "deliveries", len(good), "err", err, "retry_in", delay.String())
 		select {
 		case <-stop.Done():
 			return fmt.Errorf("shutdown while the database is unavailable: %w", err)
@@ -189,30 +222,55 @@ func (c *Consumer) handle(ctx, stop context.Context, ch *amqp.Channel, batch []a
 	}
 }
 
+// recordIssued counts a batch's outcomes and each new invoice's latency
+// from its order's creation.
+func recordIssued(ctx context.Context, events []event.OrderCreated, issued []Invoice) {
+	created := make(map[uuid.UUID]time.Time, len(events))
+	for _, e := range events {
+		created[e.OrderID] = e.OccurredAt
+	}
+	for _, inv := range issued {
+		if t := created[inv.OrderID]; !t.IsZero() {
+			orderToInvoice.Record(ctx, inv.IssuedAt.Sub(t).Seconds())
+		}
+	}
+	messagesProcessed.Add(ctx, int64(len(issued)), metric.WithAttributes(outcome("invoiced")))
+	if dup := len(events) - len(issued); dup > 0 {
+		messagesProcessed.Add(ctx, int64(dup), metric.WithAttributes(outcome("duplicate")))
+	}
+}
+
+func outcome(v string) attribute.KeyValue { return attribute.String("outcome", v) }
+
 // handleOneByOne isolates the message a batch failed on: each event is
 // issued alone, and the ones the database refuses for their content are
 // dead-lettered.
-func (c *Consumer) handleOneByOne(ctx context.Context, ch *amqp.Channel, good []amqp.Delivery, events []event.OrderCreated, batchErr error) error {
-	c.Log.Warn("batch refused; issuing one by one", "deliveries", len(good), "err", batchErr)
+func (c *Consumer) handleOneByOne(ctx context.Context, ch *amqp.Channel, good []amqp.Delivery, spans []trace.Span, events []event.OrderCreated, batchErr error) error {
+	c.Log.WarnContext(ctx, "batch refused; issuing one by one", "deliveries", len(good), "err", batchErr)
 	for i, d := range good {
-		_, err := c.Store.Issue(ctx, events[i:i+1])
+		one := trace.ContextWithSpan(ctx, spans[i])
+		issued, err := c.Store.Issue(one, events[i:i+1])
 		switch {
 		case err == nil:
 			if err := d.Ack(false); err != nil {
 				return fmt.Errorf("ack: %w", err)
 			}
+			recordIssued(one, events[i:i+1], issued)
 		case postgres.IsUnavailable(err):
 			return fmt.Errorf("database unavailable: %w", err) // unacked: redelivered later
 		default:
-			c.reject(d, err)
+			c.reject(one, spans[i], d, err)
 		}
 	}
 	return nil
 }
 
-func (c *Consumer) reject(d amqp.Delivery, reason error) {
-	c.Log.Error("message dead-lettered", "message_id", d.MessageId, "redelivered", d.Redelivered, "reason", reason.Error())
+func (c *Consumer) reject(ctx context.Context, span trace.Span, d amqp.Delivery, reason error) {
+	span.RecordError(reason)
+	span.SetStatus(codes.Error, "dead-lettered: "+reason.Error())
+	messagesProcessed.Add(ctx, 1, metric.WithAttributes(outcome("dead_lettered")))
+	c.Log.ErrorContext(ctx, "message dead-lettered", "message_id", d.MessageId, "redelivered", d.Redelivered, "reason", reason.Error())
 	if err := d.Nack(false, false); err != nil {
-		c.Log.Warn("nack failed; the message will be redelivered", "message_id", d.MessageId, "err", err)
+		c.Log.WarnContext(ctx, "nack failed; the message will be redelivered", "message_id", d.MessageId, "err", err)
 	}
 }

@@ -9,11 +9,13 @@ import (
 	"context"
 	"io"
 	"strconv"
+	"time"
 
 	"invoicing/functions/invoices/migrations"
 	"invoicing/shared/postgres"
 	"invoicing/shared/rabbit"
 	"invoicing/shared/runtime"
+	"invoicing/shared/telemetry"
 	"invoicing/shared/web"
 )
 
@@ -25,6 +27,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	log := runtime.NewLogger(stdout, cfg.LogLevel).With("service", "invoices")
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "invoices", DeploymentMode: telemetry.ModeServer, Getenv: getenv})
+	if err != nil {
+		return err
+	}
+	defer tel.Close(5*time.Second, log)
 	command, err := runtime.ParseCommand(args)
 	if err != nil {
 		return err

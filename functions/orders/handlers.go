@@ -44,6 +44,8 @@ func handleCreateOrder(store *Store, bodyLimit int64) web.HandlerFunc {
 		}
 		if replayed {
 			w.Header().Set("Idempotent-Replayed", "true")
+		} else {
+			ordersCreated.Add(r.Context(), 1)
 		}
 		w.Header().Set("Location", stored.Location)
 		web.WriteRawJSON(w, stored.Status, stored.Body)

@@ -18,6 +18,7 @@ import (
 	"invoicing/shared/postgres"
 	"invoicing/shared/rabbit"
 	"invoicing/shared/runtime"
+	"invoicing/shared/telemetry"
 	"invoicing/shared/web"
 )
 
@@ -29,6 +30,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	log := runtime.NewLogger(stdout, cfg.LogLevel).With("service", "orders")
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "orders", DeploymentMode: telemetry.ModeServer, Getenv: getenv})
+	if err != nil {
+		return err
+	}
+	defer tel.Close(5*time.Second, log)
 	command, err := runtime.ParseCommand(args)
 	if err != nil {
 		return err
@@ -56,6 +62,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		PublishTimeout: cfg.PublishTimeout,
 		Interval:       cfg.RelayInterval,
 		Retention:      cfg.OutboxRetention,
+	}
+	if err := relay.RegisterMetrics(); err != nil {
+		return err
 	}
 	checks := map[string]web.Check{"postgres": pool.Ping, "rabbitmq": session.Check}
 	return runtime.Server{

@@ -25,6 +25,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel Add signals after a commit.
@@ -64,10 +66,13 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	headers := make([]map[string]string, len(msgs))
 	for i, m := range msgs {
 		ids[i], types[i], exchanges[i], keys[i], bodies[i] = m.EventID, m.Type, m.Exchange, m.RoutingKey, m.Body
-		headers[i] = m.Headers
-		if headers[i] == nil {
-			headers[i] = map[string]string{}
+		headers[i] = make(map[string]string, len(m.Headers)+2)
+		for k, v := range m.Headers {
+			headers[i][k] = v
 		}
+		// Keep the trace context of the request that stores the event, so
+		// the relay's publish span, later and elsewhere, joins its trace.
+		otel.GetTextMapPropagator().Inject(ctx, propagation.MapCarrier(headers[i]))
 	}
 	if _, err := tx.Exec(ctx, insertSQL, ids, types, exchanges, keys, bodies, headers); err != nil {
 		return fmt.Errorf("insert outbox: %w", err)

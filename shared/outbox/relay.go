@@ -12,10 +12,17 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgxlisten"
-	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"invoicing/shared/rabbit"
 )
+
+var tracer = otel.Tracer("invoicing/shared/outbox")
 
 type publisher interface {
 	Publish(ctx context.Context, msgs []rabbit.Message) error
@@ -37,6 +44,16 @@ type Relay struct {
 	Retention time.Duration
 }
 
+var noopSpan = trace.SpanFromContext(context.Background())
+
+// untraced returns ctx under an unsampled parent, so that statements run
+// with it are not recorded by a parent-based sampler (the default).
+func untraced(ctx context.Context) context.Context {
+	return trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, // valid but never exported
+	}))
+}
+
 const claimSQL = `
 SELECT id, event_id, event_type, exchange, routing_key, body, headers, created_at
 FROM outbox
@@ -54,10 +71,20 @@ type row struct {
 // PublishBatch claims up to BatchSize unpublished rows, publishes them and
 // marks them published in the same transaction, after the broker confirmed
 // them all. It returns how many rows it published.
-func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
-	var n int
-	err := pgx.BeginFunc(ctx, r.Pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, claimSQL, r.BatchSize)
+func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
+	start := time.Now()
+	var span trace.Span = noopSpan
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	// The claim runs untraced so that the sweeps that find nothing, once a
+	// second, leave no traces; a batch's span starts once it has rows.
+	err = pgx.BeginFunc(untraced(ctx), r.Pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(untraced(ctx), claimSQL, r.BatchSize)
 		if err != nil {
 			return fmt.Errorf("claim outbox rows: %w", err)
 		}
@@ -72,18 +99,19 @@ func (r *Relay) PublishBatch(ctx context.Context) (int, error) {
 		if len(batch) == 0 {
 			return nil
 		}
+		ctx, span = tracer.Start(ctx, "outbox publish batch", trace.WithTimestamp(start),
+			trace.WithAttributes(attribute.Int("outbox.batch.size", len(batch))))
 		msgs := make([]rabbit.Message, len(batch))
 		ids := make([]int64, len(batch))
 		for i, x := range batch {
 			ids[i] = x.id
-			headers := make(amqp.Table, len(x.msg.Headers))
-			for k, v := range x.msg.Headers {
-				headers[k] = v
-			}
+			parent := otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(x.msg.Headers))
+			span.AddLink(trace.LinkFromContext(parent))
 			msgs[i] = rabbit.Message{
+				Context:  parent,
 				Exchange: x.msg.Exchange, RoutingKey: x.msg.RoutingKey,
 				MessageID: x.msg.EventID.String(), Type: x.msg.Type,
-				Timestamp: x.createdAt, Body: x.msg.Body, Headers: headers,
+				Timestamp: x.createdAt, Body: x.msg.Body,
 			}
 		}
 		pctx, cancel := context.WithTimeout(ctx, r.PublishTimeout)
@@ -211,4 +239,35 @@ func (r *Relay) Run(ctx context.Context) error {
 			signal()
 		}
 	}
+}
+
+// RegisterMetrics reports the outbox backlog (unpublished rows) and the age
+// of its oldest row each time metrics are collected.
+func (r *Relay) RegisterMetrics() error {
+	meter := otel.Meter("invoicing/shared/outbox")
+	backlog, err := meter.Int64ObservableGauge("outbox.backlog", metric.WithUnit("{row}"),
+		metric.WithDescription("Outbox rows not yet published"))
+	if err != nil {
+		return err
+	}
+	age, err := meter.Float64ObservableGauge("outbox.oldest.age", metric.WithUnit("s"),
+		metric.WithDescription("Age of the oldest unpublished outbox row"))
+	if err != nil {
+		return err
+	}
+	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		var rows int64
+		var oldest float64
+		if err := r.Pool.QueryRow(ctx, `
+			SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+			FROM outbox WHERE published_at IS NULL`).Scan(&rows, &oldest); err != nil {
+			return fmt.Errorf("measure outbox backlog: %w", err)
+		}
+		o.ObserveInt64(backlog, rows)
+		o.ObserveFloat64(age, oldest)
+		return nil
+	}, backlog, age)
+	return err
 }

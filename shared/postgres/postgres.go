@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"regexp"
 	"strings"
+
+	"github.com/exaring/otelpgx"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -27,6 +30,7 @@ func Open(ctx context.Context, url string, configure func(*pgxpool.Config)) (*pg
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
+	cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithSpanNameFunc(spanName), otelpgx.WithDisableAcquireTracer())
 	if configure != nil {
 		configure(cfg)
 	}
@@ -35,6 +39,29 @@ func Open(ctx context.Context, url string, configure func(*pgxpool.Config)) (*pg
 		return nil, fmt.Errorf("open pool: %w", err)
 	}
 	return pool, nil
+}
+
+var statementTarget = regexp.MustCompile(`(?is)\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM|FROM)\s+([a-z_][a-z0-9_.]*)`)
+
+// spanName names a statement's span by its operation and first table
+// ("INSERT outbox", "SELECT orders"): low-cardinality, unlike the SQL text,
+// which is kept in the db.query.text attribute.
+func spanName(sql string) string {
+	fields := strings.Fields(sql)
+	if len(fields) == 0 {
+		return "SQL"
+	}
+	op := strings.ToUpper(fields[0])
+	if m := statementTarget.FindStringSubmatch(sql); m != nil {
+		if op == "WITH" || op == "SELECT" {
+			op = strings.ToUpper(strings.Fields(m[1])[0])
+			if op == "FROM" {
+				op = "SELECT"
+			}
+		}
+		return op + " " + m[2]
+	}
+	return op
 }
 
 // EnsureDatabase creates the database named in url when it does not exist,

@@ -12,6 +12,11 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Names of the topology. They are the contract between the services.
@@ -151,6 +156,9 @@ func (s *Session) Close() error {
 
 // Message is one message to publish.
 type Message struct {
+	// Context is the trace context the publish span belongs to; the
+	// relay restores it from the outbox row. Nil means the Publish ctx.
+	Context    context.Context
 	Exchange   string
 	RoutingKey string
 	MessageID  string
@@ -164,13 +172,19 @@ type Message struct {
 // is sent as a window: every message goes out before any confirm is awaited.
 type Publisher struct {
 	session *Session
+	tracer  trace.Tracer
+	confirm metric.Float64Histogram
 
 	mu sync.Mutex
 	ch *amqp.Channel
 }
 
 // NewPublisher returns a Publisher on s.
-func NewPublisher(s *Session) *Publisher { return &Publisher{session: s} }
+func NewPublisher(s *Session) *Publisher {
+	confirm, _ := otel.Meter(instrumentation).Float64Histogram("messaging.publish.confirm.duration",
+		metric.WithUnit("s"), metric.WithDescription("Time from publishing a message to the broker's confirm"))
+	return &Publisher{session: s, tracer: otel.Tracer(instrumentation), confirm: confirm}
+}
 
 // Publish sends msgs and returns nil only when the broker confirmed every one.
 // On error some messages may have been delivered; callers publish again, and
@@ -201,29 +215,60 @@ func (p *Publisher) publish(ctx context.Context, msgs []Message) error {
 		p.ch = ch
 	}
 	pending := make([]*amqp.DeferredConfirmation, 0, len(msgs))
+	spans := make([]trace.Span, 0, len(msgs))
+	sent := make([]time.Time, 0, len(msgs))
+	defer func() {
+		for _, span := range spans {
+			span.End()
+		}
+	}()
+	fail := func(err error) error {
+		for _, span := range spans {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		return err
+	}
 	for _, m := range msgs {
+		parent := m.Context
+		if parent == nil {
+			parent = ctx
+		}
+		// One producer span per message, so each joins its own order's trace.
+		_, span := p.tracer.Start(parent, "publish "+m.Exchange,
+			trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(MessagingAttributes(m.Exchange, m.RoutingKey, m.MessageID, len(m.Body))...),
+			trace.WithAttributes(semconv.MessagingOperationTypeSend, semconv.MessagingOperationName("publish")))
+		spans = append(spans, span)
+		headers := make(amqp.Table, len(m.Headers)+2)
+		for k, v := range m.Headers {
+			headers[k] = v
+		}
+		otel.GetTextMapPropagator().Inject(trace.ContextWithSpan(ctx, span), HeaderCarrier(headers))
 		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, false, false, amqp.Publishing{
 			ContentType:  "application/json",
 			DeliveryMode: amqp.Persistent,
 			MessageId:    m.MessageID,
 			Type:         m.Type,
 			Timestamp:    m.Timestamp,
-			Headers:      m.Headers,
+			Headers:      headers,
 			Body:         m.Body,
 		})
 		if err != nil {
-			return fmt.Errorf("publish %s: %w", m.MessageID, err)
+			return fail(fmt.Errorf("publish %s: %w", m.MessageID, err))
 		}
 		pending = append(pending, dc)
+		sent = append(sent, time.Now())
 	}
 	for i, dc := range pending {
 		acked, err := dc.WaitContext(ctx)
 		if err != nil {
-			return fmt.Errorf("await confirm of %s: %w", msgs[i].MessageID, err)
+			return fail(fmt.Errorf("await confirm of %s: %w", msgs[i].MessageID, err))
 		}
 		if !acked {
-			return fmt.Errorf("broker refused %s", msgs[i].MessageID)
+			return fail(fmt.Errorf("broker refused %s", msgs[i].MessageID))
 		}
+		p.confirm.Record(ctx, time.Since(sent[i]).Seconds())
 	}
 	return nil
 }

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 )
 
 type statusRecorder struct {
@@ -34,9 +37,16 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
-// Observe logs one line per request and turns a panic into a 500 problem
-// instead of a dropped connection.
+// Observe traces every request (404 and 405 too), logs one line per request
+// with its trace id, and turns a panic into a 500 problem instead of a
+// dropped connection. The span is named by the route template once the
+// router matched one ("GET /orders/{id}"), by the method alone otherwise.
 func Observe(log *slog.Logger, next http.Handler) http.Handler {
+	return otelhttp.NewHandler(logAndRecover(log, next), "http.server",
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method }))
+}
+
+func logAndRecover(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
@@ -81,8 +91,15 @@ func NewRouter() *mux.Router {
 	r.MethodNotAllowedHandler = MethodNotAllowed()
 	r.Use(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			route := Route(req)
 			if p, ok := req.Context().Value(routeKey{}).(*string); ok {
-				*p = Route(req)
+				*p = route
+			}
+			span := trace.SpanFromContext(req.Context())
+			span.SetName(req.Method + " " + route)
+			span.SetAttributes(semconv.HTTPRoute(route))
+			if l, ok := otelhttp.LabelerFromContext(req.Context()); ok {
+				l.Add(semconv.HTTPRoute(route))
 			}
 			next.ServeHTTP(w, req)
 		})
