@@ -5,7 +5,7 @@
 SERVICES := orders invoices
 GO       ?= go
 
-.PHONY: build run test test-short fuzz vet services clean
+.PHONY: build run test test-short fuzz vet services jaeger clean
 
 build: $(addprefix bin/,$(SERVICES))
 
@@ -33,6 +33,13 @@ fuzz:
 
 services:
 	@./local/services.sh
+
+# Jaeger all-in-one (UI http://127.0.0.1:16686, OTLP on 4317/4318), pinned in
+# local/jaeger/go.mod. The first build takes about 15 minutes; then, in
+# another terminal:
+#   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_METRICS_EXPORTER=none make run
+jaeger:
+	cd local/jaeger && $(GO) tool jaeger
 
 clean:
 	rm -rf bin
