@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 
+	"github.com/exaring/otelpgx"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -41,6 +42,11 @@ func Prepare(ctx context.Context, s Setup) (*pgxpool.Pool, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	// Pool gauges (connections in use, idle, acquire waits) for the metrics.
+	if err := otelpgx.RecordStats(pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("pool metrics: %w", err)
 	}
 	if s.Migrate {
 		if err := Migrate(ctx, pool, s.Migrations, s.Log); err != nil {
