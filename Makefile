@@ -10,7 +10,7 @@ GO       ?= go
 build: $(addprefix bin/,$(SERVICES))
 
 bin/%: FORCE
-	$(GO) build -trimpath -ldflags='-s -w' -o $@ ./functions/$*
+	$(GO) build -trimpath -ldflags='-s -w' -o $@ ./functions/$*/cmd/$*
 
 FORCE:
 

@@ -1,4 +1,4 @@
-package main
+package invoices
 
 import (
 	"context"
@@ -20,10 +20,10 @@ import (
 // one invoice in bin/invoices, numbered without gaps.
 func TestPipelineEndToEnd(t *testing.T) {
 	s := newService(t)
-	orders := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders"), map[string]string{
+	orders := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders/cmd/orders"), map[string]string{
 		"DATABASE_URL": testenv.Database(t), "BROKER_URL": s.brokerURL,
 	})
-	testenv.Start(t, testenv.Binary(t, "invoicing/functions/invoices"), map[string]string{
+	testenv.Start(t, testenv.Binary(t, "invoicing/functions/invoices/cmd/invoices"), map[string]string{
 		"DATABASE_URL": s.dbURL, "BROKER_URL": s.brokerURL, "AUTO_MIGRATE": "true",
 	})
 
@@ -86,7 +86,7 @@ func TestConsumerKilledMidBatch(t *testing.T) {
 		q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
 		return err == nil && q.Messages == n+200
 	})
-	bin := testenv.Binary(t, "invoicing/functions/invoices")
+	bin := testenv.Binary(t, "invoicing/functions/invoices/cmd/invoices")
 	env := map[string]string{"DATABASE_URL": s.dbURL, "BROKER_URL": s.brokerURL, "BATCH_SIZE": "50", "PREFETCH": "100"}
 	for kill := 1; kill <= 2; kill++ {
 		proc := testenv.Start(t, bin, env)

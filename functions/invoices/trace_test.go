@@ -1,4 +1,4 @@
-package main
+package invoices
 
 import (
 	"context"
@@ -60,10 +60,10 @@ func TestOneTraceFromRequestToInvoice(t *testing.T) {
 	s := newService(t)
 	recv := testenv.NewOTLPReceiver(t)
 	env := otelEnv(recv.URL)
-	orders := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders"), with(env, map[string]string{
+	orders := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders/cmd/orders"), with(env, map[string]string{
 		"DATABASE_URL": testenv.Database(t), "BROKER_URL": s.brokerURL,
 	}))
-	testenv.Start(t, testenv.Binary(t, "invoicing/functions/invoices"), with(env, map[string]string{
+	testenv.Start(t, testenv.Binary(t, "invoicing/functions/invoices/cmd/invoices"), with(env, map[string]string{
 		"DATABASE_URL": s.dbURL, "BROKER_URL": s.brokerURL,
 	}))
 
@@ -153,7 +153,7 @@ func logHasTrace(logs, marker, traceID string) bool {
 func TestNodeTraceparentIsContinued(t *testing.T) {
 	s := newService(t)
 	recv := testenv.NewOTLPReceiver(t)
-	invoices := testenv.Start(t, testenv.Binary(t, "invoicing/functions/invoices"), with(otelEnv(recv.URL), map[string]string{
+	invoices := testenv.Start(t, testenv.Binary(t, "invoicing/functions/invoices/cmd/invoices"), with(otelEnv(recv.URL), map[string]string{
 		"DATABASE_URL": s.dbURL, "BROKER_URL": s.brokerURL,
 	}))
 	traceID, parentID := "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"

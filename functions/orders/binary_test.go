@@ -1,4 +1,4 @@
-package main
+package orders
 
 import (
 	"bufio"
@@ -20,7 +20,7 @@ import (
 func TestBinaryServesAndShutsDownGracefully(t *testing.T) {
 	brokerURL := testenv.Vhost(t)
 	recv := receive(t, brokerURL)
-	proc := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders"), map[string]string{
+	proc := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders/cmd/orders"), map[string]string{
 		"DATABASE_URL": testenv.Database(t),
 		"BROKER_URL":   brokerURL,
 		"LOG_LEVEL":    "debug",

@@ -1,4 +1,4 @@
-package main
+package orders
 
 import (
 	"encoding/json"
@@ -183,6 +183,11 @@ func checkText(s string) string {
 		}
 	}
 	return ""
+}
+
+// NewOrder returns a pending order for customer, as POST /orders creates it.
+func NewOrder(customer string, amount int64, currency string, now time.Time) Order {
+	return newOrder(createOrderRequest{CustomerID: &customer, TotalAmount: &amount, Currency: optionalString{Set: true, Value: currency}}, now)
 }
 
 // newOrder turns a validated request into an order with a fresh id.

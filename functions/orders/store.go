@@ -1,4 +1,4 @@
-package main
+package orders
 
 import (
 	"bytes"
@@ -23,6 +23,9 @@ import (
 type Store struct {
 	pool *pgxpool.Pool
 }
+
+// NewStore returns a Store over pool.
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
 
 // Response is a stored answer to an idempotent POST, replayed on retry.
 type Response struct {

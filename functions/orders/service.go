@@ -1,10 +1,7 @@
-// Command orders is the orders service: the HTTP API that stores orders and
+// Package orders is the orders service: the HTTP API that stores orders and
 // their order.created events in one transaction, and the outbox relay that
-// publishes those events to RabbitMQ.
-//
-//	orders            serve the API and run the relay
-//	orders migrate    apply the database migrations and exit
-package main
+// publishes those events to RabbitMQ. cmd/orders is its binary.
+package orders
 
 import (
 	"context"
@@ -22,9 +19,9 @@ import (
 	"invoicing/shared/web"
 )
 
-func main() { runtime.Main("orders", run) }
-
-func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+// Run is the whole service program; the binary calls it with the process's
+// environment, tests with their own.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err

@@ -1,9 +1,7 @@
-// Command invoices is the invoices service: the consumer that turns every
+// Package invoices is the invoices service: the consumer that turns every
 // order.created event into exactly one invoice, and the read API over them.
-//
-//	invoices            serve the API and run the consumer
-//	invoices migrate    apply the database migrations and exit
-package main
+// cmd/invoices is its binary.
+package invoices
 
 import (
 	"context"
@@ -19,9 +17,9 @@ import (
 	"invoicing/shared/web"
 )
 
-func main() { runtime.Main("invoices", run) }
-
-func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+// Run is the whole service program; the binary calls it with the process's
+// environment, tests with their own.
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
