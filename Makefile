@@ -5,7 +5,7 @@
 SERVICES := orders invoices
 GO       ?= go
 
-.PHONY: build run test test-short fuzz vet services jaeger clean
+.PHONY: build run test test-short fuzz vet services jaeger bench chaos clean
 
 build: $(addprefix bin/,$(SERVICES))
 
@@ -30,6 +30,10 @@ test-short:
 
 fuzz:
 	$(GO) test ./functions/orders -run '^$$' -fuzz FuzzDecodeCreateOrder -fuzztime 60s
+
+# Benchmarks against the local servers; flags: make bench BENCH_FLAGS='-c 32 -t 10s -n 20000'
+bench: build
+	$(GO) run ./local/bench $(BENCH_FLAGS)
 
 services:
 	@./local/services.sh

@@ -13,8 +13,9 @@ type Config struct {
 	Prefetch int
 	// BatchSize is how many deliveries one database transaction issues.
 	BatchSize int
-	// BatchWait is how long a batch may wait to fill after its first
-	// delivery; 0 takes only what has already arrived.
+	// BatchWait is the longest a batch waits to fill after its first
+	// delivery; it closes sooner when deliveries pause. 0 sends every
+	// delivery alone.
 	BatchWait  time.Duration
 	DBMaxConns int
 }
@@ -25,7 +26,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		Common:     config.ReadCommon(r, 3334, "invoices"),
 		Prefetch:   r.Int("PREFETCH", 500, 1, 65535),
 		BatchSize:  r.Int("BATCH_SIZE", 200, 1, 5000),
-		BatchWait:  r.Duration("BATCH_WAIT", 0, 0, time.Second),
+		BatchWait:  r.Duration("BATCH_WAIT", 5*time.Millisecond, 0, time.Second),
 		DBMaxConns: r.Int("DB_MAX_CONNS", 8, 2, 1000),
 	}
 	if c.BatchSize > c.Prefetch {

@@ -106,8 +106,14 @@ func (c *Consumer) consume(ctx context.Context) error {
 	}
 }
 
-// collect waits for one delivery, then takes what else is ready (waiting up
-// to BatchWait) up to BatchSize. open is false once the channel has closed.
+// idleGap ends a batch early when no further delivery arrived for that
+// long: under load deliveries follow each other within microseconds, so a
+// batch fills up; a lone message waits no longer than this.
+const idleGap = 250 * time.Microsecond
+
+// collect waits for one delivery, then takes more until BatchSize, until no
+// delivery came for idleGap, or until BatchWait passed since the first.
+// open is false once the channel has closed.
 func (c *Consumer) collect(ctx context.Context, deliveries <-chan amqp.Delivery) (batch []amqp.Delivery, open bool) {
 	select {
 	case <-ctx.Done():
@@ -118,32 +124,24 @@ func (c *Consumer) collect(ctx context.Context, deliveries <-chan amqp.Delivery)
 		}
 		batch = append(batch, d)
 	}
-	var timeout <-chan time.Time
-	if c.BatchWait > 0 {
-		t := time.NewTimer(c.BatchWait)
-		defer t.Stop()
-		timeout = t.C
+	if c.BatchWait <= 0 {
+		return batch, true
 	}
+	deadline := time.NewTimer(c.BatchWait)
+	defer deadline.Stop()
+	idle := time.NewTimer(min(idleGap, c.BatchWait))
+	defer idle.Stop()
 	for len(batch) < c.BatchSize {
-		if timeout == nil {
-			select {
-			case d, ok := <-deliveries:
-				if !ok {
-					return batch, false
-				}
-				batch = append(batch, d)
-				continue
-			default:
-				return batch, true
-			}
-		}
 		select {
 		case d, ok := <-deliveries:
 			if !ok {
 				return batch, false
 			}
 			batch = append(batch, d)
-		case <-timeout:
+			idle.Reset(min(idleGap, c.BatchWait))
+		case <-idle.C:
+			return batch, true
+		case <-deadline.C:
 			return batch, true
 		}
 	}

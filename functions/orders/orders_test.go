@@ -3,12 +3,14 @@ package orders
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -33,7 +35,8 @@ func newService(t *testing.T, withBroker bool) *service {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	_, pool := testenv.MigratedDatabase(t, migrations.FS)
-	s := &service{pool: pool, store: &Store{pool: pool}, log: log}
+	s := &service{pool: pool, store: NewStore(pool, 2, 16), log: log}
+	t.Cleanup(s.store.Close)
 	checks := map[string]web.Check{"postgres": pool.Ping}
 	if withBroker {
 		s.brokerURL = testenv.Vhost(t)
@@ -321,5 +324,65 @@ func TestHealth(t *testing.T) {
 	}](t, rec)
 	if h.Checks["postgres"] != "ok" || h.Checks["rabbitmq"] == "ok" {
 		t.Errorf("health without broker = %+v", h)
+	}
+}
+
+// A batch that fails on one order is retried order by order: the bad one
+// fails alone and its neighbours are stored.
+func TestBatchFailureIsolatesTheBadOrder(t *testing.T) {
+	s := newService(t, false)
+	store := NewStore(s.pool, 1, 64)
+	t.Cleanup(store.Close)
+	ctx := context.Background()
+	if _, err := s.pool.Exec(ctx, `
+		CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison order'; END IF; RETURN NEW; END $$;
+		CREATE TRIGGER reject_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION reject_poison();`); err != nil {
+		t.Fatal(err)
+	}
+	// Hold inserts back so that the creates below queue up into one batch.
+	blocker, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blocker.Exec(ctx, `LOCK TABLE orders IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	errs := make(chan error, n+1)
+	go func() {
+		_, _, err := store.Create(ctx, NewOrder("first", 1, "BRL", time.Now()), nil, Response{})
+		errs <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the first batch is now blocked on the lock
+	for i := range n {
+		customer := fmt.Sprintf("c%d", i)
+		if i == 7 {
+			customer = "poison"
+		}
+		go func() {
+			_, _, err := store.Create(ctx, NewOrder(customer, 1, "BRL", time.Now()), nil, Response{})
+			errs <- err
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	_ = blocker.Rollback(ctx)
+	failed := 0
+	for range n + 1 {
+		if err := <-errs; err != nil {
+			failed++
+			if !strings.Contains(err.Error(), "poison order") {
+				t.Errorf("unexpected error: %v", err)
+			}
+		}
+	}
+	if failed != 1 {
+		t.Errorf("%d creates failed, want only the poison one", failed)
+	}
+	if got := s.count(t, "orders"); got != n {
+		t.Errorf("%d orders stored, want %d", got, n)
+	}
+	if got := s.count(t, "outbox"); got != n {
+		t.Errorf("%d outbox rows, want %d", got, n)
 	}
 }

@@ -50,7 +50,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	session := rabbit.NewSession(cfg.BrokerURL, "orders", log)
 	defer session.Close()
-	store := &Store{pool: pool}
+	store := NewStore(pool, cfg.Writers, cfg.WriteBatchMax)
+	defer store.Close() // after the HTTP server has drained
 	relay := &outbox.Relay{
 		Pool:           pool,
 		Publisher:      rabbit.NewPublisher(session),

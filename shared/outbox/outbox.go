@@ -44,6 +44,15 @@ type Message struct {
 	Headers map[string]string
 }
 
+// TraceHeaders returns the trace context of ctx as outbox headers. Add
+// stores them with each event that has none of its own, so the relay's
+// publish span, later and elsewhere, joins the trace that stored the event.
+func TraceHeaders(ctx context.Context) map[string]string {
+	h := map[string]string{}
+	otel.GetTextMapPropagator().Inject(ctx, propagation.MapCarrier(h))
+	return h
+}
+
 const insertSQL = `
 WITH ins AS (
     INSERT INTO outbox (event_id, event_type, exchange, routing_key, body, headers)
@@ -66,13 +75,13 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	headers := make([]map[string]string, len(msgs))
 	for i, m := range msgs {
 		ids[i], types[i], exchanges[i], keys[i], bodies[i] = m.EventID, m.Type, m.Exchange, m.RoutingKey, m.Body
-		headers[i] = make(map[string]string, len(m.Headers)+2)
-		for k, v := range m.Headers {
-			headers[i][k] = v
+		headers[i] = m.Headers
+		if _, ok := headers[i]["traceparent"]; !ok {
+			headers[i] = TraceHeaders(ctx)
+			for k, v := range m.Headers {
+				headers[i][k] = v
+			}
 		}
-		// Keep the trace context of the request that stores the event, so
-		// the relay's publish span, later and elsewhere, joins its trace.
-		otel.GetTextMapPropagator().Inject(ctx, propagation.MapCarrier(headers[i]))
 	}
 	if _, err := tx.Exec(ctx, insertSQL, ids, types, exchanges, keys, bodies, headers); err != nil {
 		return fmt.Errorf("insert outbox: %w", err)

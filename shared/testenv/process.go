@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -56,11 +57,11 @@ func Binary(t testing.TB, pkg string) string {
 	return out
 }
 
-// Process is a service binary running for a test.
+// Process is a running service binary.
 type Process struct {
-	t    testing.TB
 	cmd  *exec.Cmd
 	URL  string
+	Port int
 	logs *syncBuffer
 	done chan struct{}
 	err  error
@@ -69,53 +70,79 @@ type Process struct {
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := PickPort()
 	if err != nil {
 		t.Fatalf("free port: %v", err)
 	}
+	return port
+}
+
+// PickPort returns a loopback TCP port that was free a moment ago.
+func PickPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
 	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Start runs bin with env (PORT is set to a free port) and waits until
 // GET /health answers 200. The process is killed when the test ends.
 func Start(t testing.TB, bin string, env map[string]string) *Process {
 	t.Helper()
-	port := FreePort(t)
+	p, err := StartProcess(bin, FreePort(t), env, nil, 30*time.Second)
+	if p != nil {
+		t.Cleanup(func() {
+			p.Kill()
+			if t.Failed() {
+				t.Logf("%s output:\n%s", filepath.Base(bin), p.Logs())
+			}
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// StartProcess runs bin on port with env added to this process's
+// environment, and waits up to timeout until GET /health answers 200. Its
+// output goes to logs, or is kept for Logs when logs is nil. On a failure
+// after the start it returns the process too, for its logs.
+func StartProcess(bin string, port int, env map[string]string, logs *os.File, timeout time.Duration) (*Process, error) {
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(port))
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
+	kept := &syncBuffer{}
+	if logs != nil {
+		cmd.Stdout, cmd.Stderr = logs, logs
+	} else {
+		cmd.Stdout, cmd.Stderr = kept, kept
 	}
-	p := &Process{t: t, cmd: cmd, URL: fmt.Sprintf("http://127.0.0.1:%d", port), logs: logs, done: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	p := &Process{cmd: cmd, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Port: port, logs: kept, done: make(chan struct{})}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.Kill()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", filepath.Base(bin), p.Logs())
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for {
 		select {
 		case <-p.done:
-			t.Fatalf("%s exited at start: %v\n%s", bin, p.err, p.Logs())
+			return p, fmt.Errorf("%s exited at start: %v\n%s", bin, p.err, p.Logs())
 		default:
 		}
 		resp, err := http.Get(p.URL + "/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return p
+				return p, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s not healthy after 30s\n%s", bin, p.Logs())
+			return p, fmt.Errorf("%s not healthy after %s\n%s", bin, timeout, p.Logs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -130,21 +157,35 @@ func (p *Process) Kill() {
 	<-p.done
 }
 
-// Stop sends SIGTERM and returns the exit error (nil for exit 0), failing the
-// test when the process does not exit within timeout.
+// Stop sends SIGTERM and returns the exit error (nil for exit 0), or an
+// error when the process does not exit within timeout.
 func (p *Process) Stop(timeout time.Duration) error {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
 		return p.err
 	case <-time.After(timeout):
-		p.t.Fatalf("process did not exit within %s of SIGTERM", timeout)
-		return nil
+		return fmt.Errorf("process did not exit within %s of SIGTERM", timeout)
 	}
 }
 
 // Signal sends sig to the process.
 func (p *Process) Signal(sig os.Signal) { _ = p.cmd.Process.Signal(sig) }
+
+// PeakRSS returns the process's peak resident set size (VmHWM) in bytes.
+func (p *Process) PeakRSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM for pid %d", p.cmd.Process.Pid)
+}
 
 type syncBuffer struct {
 	mu sync.Mutex

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"net/url"
@@ -57,33 +58,16 @@ func UniqueName(prefix string) string {
 func Database(t testing.TB) string {
 	t.Helper()
 	RequireServers(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, adminDatabaseURL)
+	url, drop, err := CreateDatabase(UniqueName("test_"))
 	if err != nil {
-		t.Fatalf("connect to PostgreSQL: %v", err)
-	}
-	defer conn.Close(ctx)
-	name := UniqueName("test_")
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("create database: %v", err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, adminDatabaseURL)
-		if err != nil {
-			t.Errorf("drop database %s: %v", name, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("drop database %s: %v", name, err)
+		if err := drop(); err != nil {
+			t.Error(err)
 		}
 	})
-	u, _ := url.Parse(adminDatabaseURL)
-	u.Path = "/" + name
-	return u.String()
+	return url
 }
 
 // Vhost creates a RabbitMQ vhost for the test, lets the broker user use it,
@@ -91,29 +75,78 @@ func Database(t testing.TB) string {
 func Vhost(t testing.TB) string {
 	t.Helper()
 	RequireServers(t)
-	name := UniqueName("test-")
-	u, err := url.Parse(brokerURL)
+	url, remove, err := CreateVhost(UniqueName("test-"))
 	if err != nil {
-		t.Fatalf("parse TEST_BROKER_URL: %v", err)
+		t.Fatal(err)
 	}
-	rabbitmqctl(t, "add_vhost", name)
-	t.Cleanup(func() { rabbitmqctl(t, "delete_vhost", name) })
-	rabbitmqctl(t, "set_permissions", "-p", name, u.User.Username(), ".*", ".*", ".*")
-	u.Path = "/" + url.PathEscape(name)
-	u.RawPath = u.Path
-	return u.String()
+	t.Cleanup(func() {
+		if err := remove(); err != nil {
+			t.Error(err)
+		}
+	})
+	return url
 }
 
-func rabbitmqctl(t testing.TB, args ...string) {
-	t.Helper()
+// CreateDatabase creates database name on the test server and returns its
+// URL and a function that drops it. Harnesses outside tests use it too.
+func CreateDatabase(name string) (string, func() error, error) {
+	admin := func(sql string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, adminDatabaseURL)
+		if err != nil {
+			return fmt.Errorf("connect to PostgreSQL: %w", err)
+		}
+		defer conn.Close(ctx)
+		_, err = conn.Exec(ctx, sql)
+		return err
+	}
+	ident := pgx.Identifier{name}.Sanitize()
+	if err := admin("CREATE DATABASE " + ident); err != nil {
+		return "", nil, fmt.Errorf("create database %s: %w", name, err)
+	}
+	drop := func() error {
+		if err := admin("DROP DATABASE IF EXISTS " + ident + " WITH (FORCE)"); err != nil {
+			return fmt.Errorf("drop database %s: %w", name, err)
+		}
+		return nil
+	}
+	u, _ := url.Parse(adminDatabaseURL)
+	u.Path = "/" + name
+	return u.String(), drop, nil
+}
+
+// CreateVhost creates RabbitMQ vhost name, lets the broker user use it, and
+// returns its broker URL and a function that deletes it.
+func CreateVhost(name string) (string, func() error, error) {
+	u, err := url.Parse(brokerURL)
+	if err != nil {
+		return "", nil, fmt.Errorf("parse TEST_BROKER_URL: %w", err)
+	}
+	if err := Rabbitmqctl("add_vhost", name); err != nil {
+		return "", nil, err
+	}
+	remove := func() error { return Rabbitmqctl("delete_vhost", name) }
+	if err := Rabbitmqctl("set_permissions", "-p", name, u.User.Username(), ".*", ".*", ".*"); err != nil {
+		_ = remove()
+		return "", nil, err
+	}
+	u.Path = "/" + url.PathEscape(name)
+	u.RawPath = u.Path
+	return u.String(), remove, nil
+}
+
+// Rabbitmqctl runs the broker's control command (on this machine).
+func Rabbitmqctl(args ...string) error {
 	bin, err := exec.LookPath("rabbitmqctl")
 	if err != nil {
 		bin = "/usr/sbin/rabbitmqctl"
 	}
 	out, err := exec.Command(bin, args...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("rabbitmqctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		return fmt.Errorf("rabbitmqctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
+	return nil
 }
 
 // Getenv returns a getenv function over vars, for run(ctx, args, getenv, ...).

@@ -1,0 +1,412 @@
+// Command bench measures the pipeline on this machine against the real
+// PostgreSQL and RabbitMQ, in fresh databases and a fresh vhost that it
+// removes afterwards, and prints a markdown table (and writes JSON):
+//
+//  1. the ceiling: POST /orders' own transaction (order + outbox row, the
+//     same statements through the same store code), one order per
+//     transaction, straight through pgx at concurrency C for T;
+//  2. the API: POST /orders over HTTP against bin/orders (relay running) at
+//     the same C and T: rate, latency percentiles, ratio to step 1;
+//  3. end to end: an open-loop arrival rate (half of step 2's by default)
+//     with bin/invoices running: order-to-invoice latency;
+//  4. the consumer: N events preloaded with the consumer stopped, then the
+//     time bin/invoices takes to drain them;
+//  5. resources: peak RSS of each service, binary sizes.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"invoicing/functions/orders"
+	ordersmigrations "invoicing/functions/orders/migrations"
+	"invoicing/local/loadgen"
+	"invoicing/shared/event"
+	"invoicing/shared/postgres"
+	"invoicing/shared/rabbit"
+	"invoicing/shared/testenv"
+)
+
+type config struct {
+	Clients     int           `json:"clients"`
+	Duration    time.Duration `json:"duration_ns"`
+	Preload     int           `json:"preload"`
+	Rate        float64       `json:"rate"`
+	Bin         string        `json:"-"`
+	Out         string        `json:"-"`
+	OrdersEnv   string        `json:"orders_env,omitempty"`
+	InvoicesEnv string        `json:"invoices_env,omitempty"`
+}
+
+type report struct {
+	Date    time.Time `json:"date"`
+	CPUs    int       `json:"cpus"`
+	Config  config    `json:"config"`
+	Ceiling struct {
+		TPS float64 `json:"tps"`
+		Txs int     `json:"transactions"`
+	} `json:"ceiling"`
+	API struct {
+		RPS      float64        `json:"rps"`
+		P50ms    float64        `json:"p50_ms"`
+		P95ms    float64        `json:"p95_ms"`
+		P99ms    float64        `json:"p99_ms"`
+		Ratio    float64        `json:"ratio_to_ceiling"`
+		Created  int            `json:"created"`
+		Statuses map[int]int    `json:"other_statuses"`
+		Failures map[string]int `json:"failures"`
+		Backlog  int64          `json:"outbox_backlog_after"`
+	} `json:"api"`
+	E2E struct {
+		Rate      float64 `json:"rate"`
+		Orders    int     `json:"orders"`
+		HTTPP99ms float64 `json:"http_p99_ms"`
+		P50ms     float64 `json:"order_to_invoice_p50_ms"`
+		P99ms     float64 `json:"order_to_invoice_p99_ms"`
+		Maxms     float64 `json:"order_to_invoice_max_ms"`
+		Failed    int     `json:"failed"`
+	} `json:"e2e"`
+	Consumer struct {
+		Events           int     `json:"events"`
+		DrainSeconds     float64 `json:"drain_s"`
+		Rate             float64 `json:"rate"`
+		RateAfterStartup float64 `json:"rate_after_first_invoice"`
+	} `json:"consumer"`
+	Resources struct {
+		OrdersPeakRSSMB   float64 `json:"orders_peak_rss_mb"`
+		InvoicesPeakRSSMB float64 `json:"invoices_peak_rss_mb"`
+		OrdersBinaryMB    float64 `json:"orders_binary_mb"`
+		InvoicesBinaryMB  float64 `json:"invoices_binary_mb"`
+	} `json:"resources"`
+}
+
+func main() {
+	var cfg config
+	flag.IntVar(&cfg.Clients, "c", 32, "concurrent clients (steps 1 and 2)")
+	flag.DurationVar(&cfg.Duration, "t", 10*time.Second, "duration of steps 1, 2 and 3")
+	flag.IntVar(&cfg.Preload, "n", 20000, "events preloaded for the consumer drain (step 4)")
+	flag.Float64Var(&cfg.Rate, "rate", 0, "open-loop orders/s for step 3 (0: half of step 2's rate)")
+	flag.StringVar(&cfg.Bin, "bin", "bin", "folder with the orders and invoices binaries")
+	flag.StringVar(&cfg.Out, "out", "local/results/bench.json", "JSON results file")
+	flag.StringVar(&cfg.OrdersEnv, "orders-env", "", "extra KEY=VALUE,... for bin/orders")
+	flag.StringVar(&cfg.InvoicesEnv, "invoices-env", "", "extra KEY=VALUE,... for bin/invoices")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// env is what one bench run creates and removes.
+type env struct {
+	cleanups []func() error
+}
+
+func (e *env) close() {
+	for i := len(e.cleanups) - 1; i >= 0; i-- {
+		if err := e.cleanups[i](); err != nil {
+			fmt.Fprintln(os.Stderr, "cleanup:", err)
+		}
+	}
+}
+
+func (e *env) database(name string) (string, error) {
+	url, drop, err := testenv.CreateDatabase(testenv.UniqueName(name))
+	if err == nil {
+		e.cleanups = append(e.cleanups, drop)
+	}
+	return url, err
+}
+
+func extraEnv(base map[string]string, extra string) map[string]string {
+	for _, kv := range strings.Split(extra, ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			base[strings.TrimSpace(k)] = v
+		}
+	}
+	return base
+}
+
+func run(ctx context.Context, cfg config) error {
+	var rep report
+	rep.Date, rep.CPUs, rep.Config = time.Now().UTC(), runtime.NumCPU(), cfg
+	e := &env{}
+	defer e.close()
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+
+	ceilingDB, err := e.database("bench_ceiling_")
+	if err != nil {
+		return err
+	}
+	ordersDB, err := e.database("bench_orders_")
+	if err != nil {
+		return err
+	}
+	invoicesDB, err := e.database("bench_invoices_")
+	if err != nil {
+		return err
+	}
+	brokerURL, removeVhost, err := testenv.CreateVhost(testenv.UniqueName("bench-"))
+	if err != nil {
+		return err
+	}
+	e.cleanups = append(e.cleanups, removeVhost)
+
+	// 1. The ceiling.
+	fmt.Fprintf(os.Stderr, "1/5 ceiling: %d clients for %s\n", cfg.Clients, cfg.Duration)
+	txs, err := ceiling(ctx, ceilingDB, cfg.Clients, cfg.Duration)
+	if err != nil {
+		return err
+	}
+	rep.Ceiling.Txs, rep.Ceiling.TPS = txs, float64(txs)/cfg.Duration.Seconds()
+
+	// 2. The API, with the relay publishing as it goes.
+	fmt.Fprintf(os.Stderr, "2/5 API: %d clients for %s\n", cfg.Clients, cfg.Duration)
+	port, err := testenv.PickPort()
+	if err != nil {
+		return err
+	}
+	ordersProc, err := testenv.StartProcess(filepath.Join(cfg.Bin, "orders"), port, extraEnv(map[string]string{
+		"DATABASE_URL": ordersDB, "BROKER_URL": brokerURL,
+	}, cfg.OrdersEnv), devnull, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	defer ordersProc.Kill()
+	client := loadgen.New(ordersProc.URL, cfg.Clients)
+	client.Closed(ctx, cfg.Clients, time.Second) // warm up connections and caches
+	api := client.Closed(ctx, cfg.Clients, cfg.Duration)
+	rep.API.RPS, rep.API.Created = api.RPS(), api.Created
+	rep.API.P50ms, rep.API.P95ms, rep.API.P99ms = ms(api.Percentile(0.5)), ms(api.Percentile(0.95)), ms(api.Percentile(0.99))
+	rep.API.Ratio = rep.API.RPS / rep.Ceiling.TPS
+	rep.API.Statuses, rep.API.Failures = api.Statuses, api.Failures
+	if rss, err := ordersProc.PeakRSS(); err == nil {
+		rep.Resources.OrdersPeakRSSMB = mb(rss)
+	}
+	ordersPool, err := pgxpool.New(ctx, ordersDB)
+	if err != nil {
+		return err
+	}
+	defer ordersPool.Close()
+	_ = ordersPool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&rep.API.Backlog)
+
+	// 3. End to end at a constant arrival rate.
+	invoicesPool, err := pgxpool.New(ctx, invoicesDB)
+	if err != nil {
+		return err
+	}
+	defer invoicesPool.Close()
+	invoicesEnv := extraEnv(map[string]string{"DATABASE_URL": invoicesDB, "BROKER_URL": brokerURL}, cfg.InvoicesEnv)
+	invoicesBin := filepath.Join(cfg.Bin, "invoices")
+	ip, err := testenv.PickPort()
+	if err != nil {
+		return err
+	}
+	invoicesProc, err := testenv.StartProcess(invoicesBin, ip, invoicesEnv, devnull, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	var ordersSoFar int
+	if err := ordersPool.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&ordersSoFar); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "3/5 end to end: draining the %d orders of step 2 first\n", ordersSoFar)
+	if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar, 5*time.Minute); err != nil {
+		return err
+	}
+	rate := cfg.Rate
+	if rate == 0 {
+		rate = rep.API.RPS / 2
+	}
+	fmt.Fprintf(os.Stderr, "3/5 end to end: %.0f orders/s for %s\n", rate, cfg.Duration)
+	e2eClient := loadgen.New(ordersProc.URL, 256)
+	e2eClient.Body = func(i int) []byte {
+		return fmt.Appendf(nil, `{"customerId":"e2e-%d","totalAmount":%d}`, i%100, 100+i)
+	}
+	open := e2eClient.Open(ctx, rate, cfg.Duration, 2000)
+	rep.E2E.Rate, rep.E2E.Orders, rep.E2E.HTTPP99ms = rate, open.Created, ms(open.Percentile(0.99))
+	rep.E2E.Failed = open.Sent - open.Created
+	if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar+open.Created, 5*time.Minute); err != nil {
+		return err
+	}
+	var q []float64
+	if err := invoicesPool.QueryRow(ctx, `
+		SELECT percentile_disc(ARRAY[0.5, 0.99, 1]) WITHIN GROUP (ORDER BY extract(epoch FROM issued_at - order_created_at))
+		FROM invoices WHERE customer_id LIKE 'e2e-%'`).Scan(&q); err != nil {
+		return fmt.Errorf("order-to-invoice latency: %w", err)
+	}
+	rep.E2E.P50ms, rep.E2E.P99ms, rep.E2E.Maxms = q[0]*1000, q[1]*1000, q[2]*1000
+	if err := invoicesProc.Stop(30 * time.Second); err != nil {
+		return fmt.Errorf("stop invoices: %w", err)
+	}
+	_ = ordersProc.Stop(30 * time.Second)
+
+	// 4. The consumer alone, draining a preloaded backlog.
+	fmt.Fprintf(os.Stderr, "4/5 consumer: preloading %d events\n", cfg.Preload)
+	var before int
+	if err := invoicesPool.QueryRow(ctx, `SELECT count(*) FROM invoices`).Scan(&before); err != nil {
+		return err
+	}
+	if err := preload(ctx, brokerURL, cfg.Preload); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "4/5 consumer: draining\n")
+	start := time.Now()
+	invoicesProc, err = testenv.StartProcess(invoicesBin, ip, invoicesEnv, devnull, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	defer invoicesProc.Kill()
+	first, err := waitInvoices(ctx, invoicesPool, before+1, 5*time.Minute)
+	if err != nil {
+		return err
+	}
+	last, err := waitInvoices(ctx, invoicesPool, before+cfg.Preload, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	rep.Consumer.Events = cfg.Preload
+	rep.Consumer.DrainSeconds = last.Sub(start).Seconds()
+	rep.Consumer.Rate = float64(cfg.Preload) / rep.Consumer.DrainSeconds
+	rep.Consumer.RateAfterStartup = float64(cfg.Preload-1) / last.Sub(first).Seconds()
+	if rss, err := invoicesProc.PeakRSS(); err == nil {
+		rep.Resources.InvoicesPeakRSSMB = mb(rss)
+	}
+	_ = invoicesProc.Stop(30 * time.Second)
+
+	// 5. Binary sizes.
+	for name, dst := range map[string]*float64{"orders": &rep.Resources.OrdersBinaryMB, "invoices": &rep.Resources.InvoicesBinaryMB} {
+		if st, err := os.Stat(filepath.Join(cfg.Bin, name)); err == nil {
+			*dst = mb(st.Size())
+		}
+	}
+	printReport(os.Stdout, rep)
+	if err := os.MkdirAll(filepath.Dir(cfg.Out), 0o755); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(rep, "", "  ")
+	return os.WriteFile(cfg.Out, append(b, '\n'), 0o644)
+}
+
+// ceiling runs POST /orders' transaction, one order each, from clients
+// goroutines for d, and returns how many committed.
+func ceiling(ctx context.Context, url string, clients int, d time.Duration) (int, error) {
+	pool, err := postgres.Prepare(ctx, postgres.Setup{URL: url, MaxConns: clients, Migrate: true,
+		Migrations: ordersmigrations.FS, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return 0, err
+	}
+	defer pool.Close()
+	store := orders.NewStore(pool, 1, 1)
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var n atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				o := orders.NewOrder(fmt.Sprintf("load-%d", i), 1999, "BRL", time.Now())
+				if err := store.CreateOne(ctx, o); err != nil {
+					if ctx.Err() == nil {
+						once.Do(func() { firstErr = err })
+					}
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return int(n.Load()), firstErr
+}
+
+// preload publishes n order.created events with confirms.
+func preload(ctx context.Context, brokerURL string, n int) error {
+	session := rabbit.NewSession(brokerURL, "bench-preload", slog.New(slog.DiscardHandler))
+	defer session.Close()
+	pub := rabbit.NewPublisher(session)
+	batch := make([]rabbit.Message, 0, 1000)
+	for i := range n {
+		e := event.OrderCreated{EventID: uuid.Must(uuid.NewV7()), Type: event.TypeOrderCreated, OccurredAt: time.Now().UTC(),
+			OrderID: uuid.Must(uuid.NewV7()), Customer: event.Customer{ID: fmt.Sprintf("pre-%d", i%100)}, TotalAmount: 100, Currency: "BRL"}
+		body, _ := json.Marshal(e)
+		batch = append(batch, rabbit.Message{Exchange: rabbit.Exchange, RoutingKey: rabbit.RoutingKeyOrderCreated,
+			MessageID: e.EventID.String(), Type: e.Type, Timestamp: e.OccurredAt, Body: body})
+		if len(batch) == cap(batch) || i == n-1 {
+			if err := pub.Publish(ctx, batch); err != nil {
+				return fmt.Errorf("preload: %w", err)
+			}
+			batch = batch[:0]
+		}
+	}
+	return nil
+}
+
+// waitInvoices polls until the invoices table has at least n rows and
+// returns when it saw that.
+func waitInvoices(ctx context.Context, pool *pgxpool.Pool, n int, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		var got int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM invoices`).Scan(&got); err != nil {
+			return time.Time{}, err
+		}
+		if got >= n {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("%d invoices after %s, want %d", got, timeout, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+func mb(b int64) float64         { return float64(b) / (1 << 20) }
+
+func printReport(w io.Writer, r report) {
+	fmt.Fprintf(w, "## Bench, %s, %d CPUs, C=%d, T=%s\n\n", r.Date.Format(time.RFC3339), r.CPUs, r.Config.Clients, r.Config.Duration)
+	fmt.Fprintln(w, "| step | figure | value |")
+	fmt.Fprintln(w, "| --- | --- | --- |")
+	row := func(step, figure, format string, v ...any) {
+		fmt.Fprintf(w, "| %s | %s | %s |\n", step, figure, fmt.Sprintf(format, v...))
+	}
+	row("1 ceiling", "order+outbox transactions/s, one order each", "%.0f", r.Ceiling.TPS)
+	row("2 API", "POST /orders 201/s", "%.0f", r.API.RPS)
+	row("2 API", "latency p50 / p95 / p99", "%.1f / %.1f / %.1f ms", r.API.P50ms, r.API.P95ms, r.API.P99ms)
+	row("2 API", "ratio to step 1", "%.2f", r.API.Ratio)
+	row("2 API", "non-201 answers / transport errors", "%v / %v", r.API.Statuses, r.API.Failures)
+	row("2 API", "outbox backlog right after", "%d rows", r.API.Backlog)
+	row("3 end to end", "arrival rate (open loop)", "%.0f orders/s, %d orders, %d failed", r.E2E.Rate, r.E2E.Orders, r.E2E.Failed)
+	row("3 end to end", "order-to-invoice p50 / p99 / max", "%.1f / %.1f / %.1f ms", r.E2E.P50ms, r.E2E.P99ms, r.E2E.Maxms)
+	row("3 end to end", "POST /orders p99 at that rate", "%.1f ms", r.E2E.HTTPP99ms)
+	row("4 consumer", "drain of preloaded events", "%d in %.2f s", r.Consumer.Events, r.Consumer.DrainSeconds)
+	row("4 consumer", "invoices/s (from start / from first invoice)", "%.0f / %.0f", r.Consumer.Rate, r.Consumer.RateAfterStartup)
+	row("5 resources", "peak RSS orders (step 2) / invoices (step 4)", "%.1f / %.1f MB", r.Resources.OrdersPeakRSSMB, r.Resources.InvoicesPeakRSSMB)
+	row("5 resources", "binary size orders / invoices", "%.1f / %.1f MB", r.Resources.OrdersBinaryMB, r.Resources.InvoicesBinaryMB)
+}
