@@ -59,6 +59,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Addr:            ":" + strconv.Itoa(cfg.Port),
 		Handler:         NewServer(log, store, checks),
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		PprofAddr:       cfg.PprofAddr,
 		Workers:         []runtime.Worker{consumer.Run},
 	}.Serve(ctx)
 }

@@ -29,7 +29,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		OutboxRetention: r.Duration("OUTBOX_RETENTION", 15*time.Minute, 0, 30*24*time.Hour),
 		IdempotencyTTL:  r.Duration("IDEMPOTENCY_TTL", 24*time.Hour, 24*time.Hour, 30*24*time.Hour),
 		DBMaxConns:      r.Int("DB_MAX_CONNS", 16, 2, 1000),
-		Writers:         r.Int("WRITERS", 4, 1, 256),
+		Writers:         r.Int("WRITERS", 2, 1, 256),
 		WriteBatchMax:   r.Int("WRITE_BATCH_MAX", 64, 1, 5000),
 	}
 	return c, r.Err()

@@ -70,6 +70,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Addr:            ":" + strconv.Itoa(cfg.Port),
 		Handler:         NewServer(log, store, cfg.BodyLimit, checks),
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		PprofAddr:       cfg.PprofAddr,
 		Workers:         []runtime.Worker{relay.Run, pruneIdempotencyKeys(store, cfg.IdempotencyTTL, log)},
 	}.Serve(ctx)
 }

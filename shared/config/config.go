@@ -22,6 +22,7 @@ type Common struct {
 	LogLevel        string
 	AutoMigrate     bool
 	CreateDatabase  bool
+	PprofAddr       string
 }
 
 // LocalBrokerURL is the broker address used when BROKER_URL is unset. The
@@ -40,6 +41,7 @@ func ReadCommon(r *Reader, defaultPort int, defaultDatabase string) Common {
 		LogLevel:        r.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		AutoMigrate:     r.Bool("AUTO_MIGRATE", true),
 		CreateDatabase:  r.Bool("CREATE_DATABASE", false),
+		PprofAddr:       r.String("PPROF_ADDR", ""),
 	}
 }
 

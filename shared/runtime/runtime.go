@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,9 @@ type Server struct {
 	Workers         []Worker
 	// Ready, when set, is called with the bound address once the listener is open.
 	Ready func(addr net.Addr)
+	// PprofAddr, when set (PPROF_ADDR), serves net/http/pprof there, for
+	// profiling under load. Keep it on loopback.
+	PprofAddr string
 }
 
 // Serve listens on Addr and runs the workers until ctx ends. Then it stops
@@ -68,6 +72,17 @@ func (s Server) Serve(ctx context.Context) error {
 		}
 	}()
 	s.Log.Info("listening", "addr", ln.Addr().String())
+	if s.PprofAddr != "" {
+		go func() {
+			mux := http.NewServeMux()
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			err := (&http.Server{Addr: s.PprofAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}).ListenAndServe()
+			s.Log.Warn("pprof server stopped", "err", err)
+		}()
+	}
 
 	var runErr error
 	select {
