@@ -35,6 +35,11 @@ fuzz:
 bench: build
 	$(GO) run ./local/bench $(BENCH_FLAGS)
 
+# Fault injection under load; stops and restarts the local RabbitMQ and
+# PostgreSQL, so never part of make test. Flags: CHAOS_FLAGS='-rate 200 -pause 5s'
+chaos: build
+	$(GO) run ./local/chaos $(CHAOS_FLAGS)
+
 services:
 	@./local/services.sh
 

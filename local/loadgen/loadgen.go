@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -125,15 +126,11 @@ func (c *Client) Closed(ctx context.Context, clients int, d time.Duration) Resul
 	defer cancel()
 	start := time.Now()
 	var wg sync.WaitGroup
-	var next int64
-	var mu sync.Mutex
+	var next atomic.Int64
 	for range clients {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				mu.Lock()
-				i := int(next)
-				next++
-				mu.Unlock()
+				i := int(next.Add(1) - 1)
 				t0 := time.Now()
 				status, id, err := c.post(context.WithoutCancel(ctx), i)
 				rec.add(status, err, time.Since(t0), id)
@@ -148,7 +145,8 @@ func (c *Client) Closed(ctx context.Context, clients int, d time.Duration) Resul
 // Open posts at rate orders per second for d, each from its scheduled time,
 // so a latency counts from when the order should have been sent. At most
 // maxInFlight requests are outstanding; past that an order counts as failed
-// ("overloaded") instead of being delayed.
+// ("overloaded") instead of being delayed. When ctx ends no further order is
+// sent; those in flight still get their answers.
 func (c *Client) Open(ctx context.Context, rate float64, d time.Duration, maxInFlight int) Result {
 	rec := newRecorder()
 	interval := time.Duration(float64(time.Second) / rate)
@@ -169,7 +167,7 @@ func (c *Client) Open(ctx context.Context, rate float64, d time.Duration, maxInF
 		}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			status, id, err := c.post(ctx, i)
+			status, id, err := c.post(context.WithoutCancel(ctx), i)
 			rec.add(status, err, time.Since(due), id)
 		})
 	}
