@@ -233,7 +233,6 @@ func run(ctx context.Context, o options) (bool, error) {
 	return rep.Verdict.OK(), nil
 }
 
-
 func healthy(client *http.Client, url string) bool {
 	resp, err := client.Get(url + "/health")
 	if err != nil {
