@@ -41,85 +41,37 @@ type Store struct {
 // Numbering: invoice numbers must be gapless per calendar year, which a
 // sequence cannot give (a rolled-back nextval leaves a hole). Each year has
 // a counter row; Issue locks it, numbers the new invoices last+1..last+k and
-// writes last+k back, all in the batch's transaction. A rollback undoes the
+// writes last+k back, all in the batch's transaction (three round trips:
+// BEGIN with the lock, the numbered INSERT, COMMIT). A rollback undoes the
 // counter with the invoices, so no number is ever skipped, and numbers rise
 // in commit order. The lock serialises issuers, but it is taken once per
 // batch, not per invoice, so a batch of hundreds costs one lock hand-off. It
 // also makes the duplicate check below race-free: no other transaction can
 // insert an invoice between the check and the insert.
 func (s *Store) Issue(ctx context.Context, events []event.OrderCreated) ([]Invoice, error) {
+	n := len(events)
+	ids, orders, eventIDs := make([]uuid.UUID, n), make([]uuid.UUID, n), make([]uuid.UUID, n)
+	customers, currencies := make([]string, n), make([]string, n)
+	amounts := make([]int64, n)
+	created := make([]*time.Time, n)
+	for i, e := range events {
+		ids[i], orders[i], eventIDs[i] = uuid.Must(uuid.NewV7()), e.OrderID, e.EventID
+		customers[i], currencies[i], amounts[i] = e.Customer.ID, e.Currency, e.TotalAmount
+		if !e.OccurredAt.IsZero() {
+			created[i] = &e.OccurredAt
+		}
+	}
+	var year int
+	var last int64
 	var issued []Invoice
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		issued = issued[:0]
-		var year int
-		var now time.Time
-		if err := tx.QueryRow(ctx, `SELECT extract(year FROM now() AT TIME ZONE 'UTC')::int, now()`).Scan(&year, &now); err != nil {
-			return fmt.Errorf("read transaction time: %w", err)
-		}
-		var last int64
-		err := tx.QueryRow(ctx, `
-			INSERT INTO invoice_counters (year, last) VALUES ($1, 0)
-			ON CONFLICT (year) DO UPDATE SET last = invoice_counters.last
-			RETURNING last`, year).Scan(&last)
+	err := postgres.InTx(ctx, s.pool, func(b *pgx.Batch) {
+		b.Queue(lockCounterSQL).QueryRow(func(row pgx.Row) error { return row.Scan(&year, &last) })
+	}, func(tx pgx.Tx) error {
+		rows, _ := tx.Query(ctx, issueSQL, ids, orders, eventIDs, customers, amounts, currencies, created, year, last)
+		var err error
+		issued, err = pgx.CollectRows(rows, scanInvoice)
 		if err != nil {
-			return fmt.Errorf("lock invoice counter: %w", err)
-		}
-
-		orderIDs := make([]uuid.UUID, len(events))
-		for i, e := range events {
-			orderIDs[i] = e.OrderID
-		}
-		rows, _ := tx.Query(ctx, `SELECT order_id FROM invoices WHERE order_id = ANY($1)`, orderIDs)
-		existing, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-		if err != nil {
-			return fmt.Errorf("find existing invoices: %w", err)
-		}
-		seen := make(map[uuid.UUID]bool, len(events))
-		for _, id := range existing {
-			seen[id] = true
-		}
-
-		var (
-			ids, eventIDs, orders []uuid.UUID
-			numbers, customers    []string
-			currencies            []string
-			seqs, amounts         []int64
-			orderTimes            []*time.Time
-		)
-		for _, e := range events {
-			if seen[e.OrderID] {
-				continue
-			}
-			seen[e.OrderID] = true
-			last++
-			inv := Invoice{
-				ID: uuid.Must(uuid.NewV7()), Number: fmt.Sprintf("INV-%d-%06d", year, last),
-				OrderID: e.OrderID, CustomerID: e.Customer.ID, Amount: e.TotalAmount,
-				Currency: e.Currency, Status: "issued", IssuedAt: now,
-			}
-			issued = append(issued, inv)
-			ids, numbers, seqs = append(ids, inv.ID), append(numbers, inv.Number), append(seqs, last)
-			orders, eventIDs, customers = append(orders, e.OrderID), append(eventIDs, e.EventID), append(customers, e.Customer.ID)
-			amounts, currencies = append(amounts, e.TotalAmount), append(currencies, e.Currency)
-			var created *time.Time
-			if !e.OccurredAt.IsZero() {
-				created = &e.OccurredAt
-			}
-			orderTimes = append(orderTimes, created)
-		}
-		if len(issued) == 0 {
-			return nil
-		}
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO invoices (id, number, year, seq, order_id, event_id, customer_id, amount, currency, order_created_at, issued_at)
-			SELECT id, number, $3, seq, order_id, event_id, customer_id, amount, currency, order_created_at, $11
-			FROM unnest($1::uuid[], $2::text[], $4::bigint[], $5::uuid[], $6::uuid[], $7::text[], $8::bigint[], $9::text[], $10::timestamptz[])
-			     AS t(id, number, seq, order_id, event_id, customer_id, amount, currency, order_created_at)`,
-			ids, numbers, year, seqs, orders, eventIDs, customers, amounts, currencies, orderTimes, now); err != nil {
 			return fmt.Errorf("insert invoices: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `UPDATE invoice_counters SET last = $2 WHERE year = $1`, year, last); err != nil {
-			return fmt.Errorf("advance invoice counter: %w", err)
 		}
 		return nil
 	})
@@ -128,6 +80,40 @@ func (s *Store) Issue(ctx context.Context, events []event.OrderCreated) ([]Invoi
 	}
 	return issued, nil
 }
+
+// lockCounterSQL locks this year's counter (UTC, by the transaction's
+// clock) and reads it, creating it at 0 on the year's first invoice.
+const lockCounterSQL = `
+INSERT INTO invoice_counters (year, last) VALUES (extract(year FROM now() AT TIME ZONE 'UTC')::int, 0)
+ON CONFLICT (year) DO UPDATE SET last = invoice_counters.last
+RETURNING year, last`
+
+// issueSQL inserts an invoice for every order of the batch ($1..$7, one
+// element each) that has none yet, numbering them $9+1, $9+2, ... in batch
+// order within year $8, and moves the counter past the last number used.
+// The counter row is locked by lockCounterSQL, so nothing else inserts
+// invoices between the NOT EXISTS check and the INSERT.
+const issueSQL = `
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[], $7::timestamptz[])
+        WITH ORDINALITY AS t(id, order_id, event_id, customer_id, amount, currency, order_created_at, ord)
+), fresh AS (
+    SELECT DISTINCT ON (order_id) * FROM input
+    WHERE NOT EXISTS (SELECT 1 FROM invoices v WHERE v.order_id = input.order_id)
+    ORDER BY order_id, ord
+), numbered AS (
+    SELECT *, $9::bigint + row_number() OVER (ORDER BY ord) AS seq FROM fresh
+), inserted AS (
+    INSERT INTO invoices (id, number, year, seq, order_id, event_id, customer_id, amount, currency, order_created_at, issued_at)
+    SELECT id, format('INV-%s-%s', $8::int, lpad(seq::text, greatest(6, length(seq::text)), '0')), $8::int, seq,
+           order_id, event_id, customer_id, amount, currency, order_created_at, now()
+    FROM numbered
+    RETURNING id, number, order_id, customer_id, amount, currency, status, issued_at, seq
+), counted AS (
+    UPDATE invoice_counters SET last = $9::bigint + (SELECT count(*) FROM inserted)
+    WHERE year = $8::int
+)
+SELECT id, number, order_id, customer_id, amount, currency, status, issued_at FROM inserted ORDER BY seq`
 
 const invoiceColumns = `id, number, order_id, customer_id, amount, currency, status, issued_at`
 

@@ -103,8 +103,11 @@ func TestOneTraceFromRequestToInvoice(t *testing.T) {
 	if server.Kind.String() != "SPAN_KIND_SERVER" || server.Attr("http.route") != "/orders" || server.ParentID() != "" {
 		t.Errorf("server span: kind %s route %q parent %q", server.Kind, server.Attr("http.route"), server.ParentID())
 	}
-	inTrace("INSERT orders", server)
-	inTrace("INSERT outbox", server)
+	// The transaction's BEGIN and INSERTs travel as one pgx batch.
+	batch := inTrace("batch start", server)
+	inTrace("INSERT orders", batch)
+	inTrace("INSERT outbox", batch)
+	inTrace("COMMIT", server)
 	publish := inTrace("publish orders", server)
 	if publish.Service != "orders" || publish.Kind.String() != "SPAN_KIND_PRODUCER" ||
 		publish.Attr("messaging.system") != "rabbitmq" || publish.Attr("messaging.destination.name") != "orders" ||
@@ -118,8 +121,8 @@ func TestOneTraceFromRequestToInvoice(t *testing.T) {
 		process.Attr("messaging.message.id") != publish.Attr("messaging.message.id") {
 		t.Errorf("process span: %s %s %v", process.Service, process.Kind, process.Attributes)
 	}
-	batch := inTrace("issue invoices", process)
-	insert := inTrace("INSERT invoices", batch)
+	issue := inTrace("issue invoices", process)
+	insert := inTrace("INSERT invoices", issue)
 	if insert.Service != "invoices" || !strings.Contains(insert.Attr("db.query.text"), "INSERT INTO invoices") {
 		t.Errorf("invoice insert span: %s %v", insert.Service, insert.Attributes)
 	}

@@ -59,6 +59,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		BatchSize:      cfg.RelayBatchSize,
 		PublishTimeout: cfg.PublishTimeout,
 		Interval:       cfg.RelayInterval,
+		Workers:        cfg.RelayWorkers,
 		Retention:      cfg.OutboxRetention,
 	}
 	if err := relay.RegisterMetrics(); err != nil {

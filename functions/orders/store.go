@@ -96,9 +96,9 @@ func (s *Store) CreateOne(ctx context.Context, o Order) error {
 	if err != nil {
 		return err
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return insertOrders(ctx, tx, []Order{o}, []outbox.Message{msg})
-	})
+	return postgres.InTx(ctx, s.pool, func(b *pgx.Batch) {
+		queueOrders(ctx, b, []Order{o}, []outbox.Message{msg})
+	}, nil)
 }
 
 // claimIdempotencyKey takes a transaction-scoped advisory lock on the key, so
@@ -154,15 +154,12 @@ func orderCreatedMessage(ctx context.Context, o Order) (outbox.Message, error) {
 	}, nil
 }
 
-func jsonItems(items []Item) (string, error) {
+func jsonItems(items []Item) string {
 	if items == nil {
-		return "[]", nil
+		return "[]"
 	}
-	b, err := json.Marshal(items)
-	if err != nil {
-		return "", fmt.Errorf("encode items: %w", err)
-	}
-	return string(b), nil
+	b, _ := json.Marshal(items) // Item has only strings and integers
+	return string(b)
 }
 
 const orderColumns = `id, customer_id, total_amount, currency, status, items, created_at`

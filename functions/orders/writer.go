@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"invoicing/shared/outbox"
+	"invoicing/shared/postgres"
 )
 
 // ErrStoreClosed is returned for a create submitted after Close.
@@ -114,9 +115,7 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 	for i, p := range live {
 		orders[i], msgs[i] = p.order, p.msg
 	}
-	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-		return insertOrders(ctx, tx, orders, msgs)
-	})
+	err := postgres.InTx(ctx, w.pool, func(b *pgx.Batch) { queueOrders(ctx, b, orders, msgs) }, nil)
 	if err == nil || len(live) == 1 {
 		for _, p := range live {
 			p.done <- err
@@ -125,15 +124,34 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 	}
 	// One bad row must not fail its neighbours: retry each alone.
 	for _, p := range live {
-		p.done <- pgx.BeginFunc(context.WithoutCancel(p.ctx), w.pool, func(tx pgx.Tx) error {
-			return insertOrders(p.ctx, tx, []Order{p.order}, []outbox.Message{p.msg})
-		})
+		p.done <- postgres.InTx(context.WithoutCancel(p.ctx), w.pool, func(b *pgx.Batch) {
+			queueOrders(p.ctx, b, []Order{p.order}, []outbox.Message{p.msg})
+		}, nil)
 	}
 }
 
-// insertOrders writes orders and their events in tx: one statement for the
-// orders, one for the outbox rows, whatever their number.
+const insertOrdersSQL = `
+INSERT INTO orders (id, customer_id, total_amount, currency, status, items, created_at)
+SELECT id, customer_id, total_amount, currency, status, items::jsonb, created_at
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+     AS t(id, customer_id, total_amount, currency, status, items, created_at)`
+
+// queueOrders adds to b the two statements that store orders and their
+// events, whatever their number: one for the orders, one for the outbox.
+func queueOrders(ctx context.Context, b *pgx.Batch, orders []Order, msgs []outbox.Message) {
+	b.Queue(insertOrdersSQL, ordersArgs(orders)...)
+	outbox.Queue(ctx, b, msgs...)
+}
+
+// insertOrders runs queueOrders' statements in tx.
 func insertOrders(ctx context.Context, tx pgx.Tx, orders []Order, msgs []outbox.Message) error {
+	if _, err := tx.Exec(ctx, insertOrdersSQL, ordersArgs(orders)...); err != nil {
+		return fmt.Errorf("insert orders: %w", err)
+	}
+	return outbox.Add(ctx, tx, msgs...)
+}
+
+func ordersArgs(orders []Order) []any {
 	n := len(orders)
 	ids := make([]any, n)
 	customers := make([]string, n)
@@ -144,19 +162,7 @@ func insertOrders(ctx context.Context, tx pgx.Tx, orders []Order, msgs []outbox.
 	created := make([]any, n)
 	for i, o := range orders {
 		ids[i], customers[i], amounts[i], currencies[i], statuses[i], created[i] = o.ID, o.CustomerID, o.TotalAmount, o.Currency, o.Status, o.CreatedAt
-		b, err := jsonItems(o.Items)
-		if err != nil {
-			return err
-		}
-		items[i] = b
+		items[i] = jsonItems(o.Items)
 	}
-	if _, err := tx.Exec(ctx, `
-		INSERT INTO orders (id, customer_id, total_amount, currency, status, items, created_at)
-		SELECT id, customer_id, total_amount, currency, status, items::jsonb, created_at
-		FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-		     AS t(id, customer_id, total_amount, currency, status, items, created_at)`,
-		ids, customers, amounts, currencies, statuses, items, created); err != nil {
-		return fmt.Errorf("insert orders: %w", err)
-	}
-	return outbox.Add(ctx, tx, msgs...)
+	return []any{ids, customers, amounts, currencies, statuses, items, created}
 }

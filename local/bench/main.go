@@ -52,7 +52,10 @@ type config struct {
 	Out         string        `json:"-"`
 	OrdersEnv   string        `json:"orders_env,omitempty"`
 	InvoicesEnv string        `json:"invoices_env,omitempty"`
+	Steps       string        `json:"steps"`
 }
+
+func (c config) has(step byte) bool { return strings.IndexByte(c.Steps, step) >= 0 }
 
 type report struct {
 	Date    time.Time `json:"date"`
@@ -108,6 +111,7 @@ func main() {
 	flag.StringVar(&cfg.Out, "out", "local/results/bench.json", "JSON results file")
 	flag.StringVar(&cfg.OrdersEnv, "orders-env", "", "extra KEY=VALUE,... for bin/orders")
 	flag.StringVar(&cfg.InvoicesEnv, "invoices-env", "", "extra KEY=VALUE,... for bin/invoices")
+	flag.StringVar(&cfg.Steps, "steps", "1234", "steps to run (step 3 without step 2 needs -rate)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -176,13 +180,19 @@ func run(ctx context.Context, cfg config) error {
 	}
 	e.cleanups = append(e.cleanups, removeVhost)
 
-	// 1. The ceiling.
-	fmt.Fprintf(os.Stderr, "1/5 ceiling: %d clients for %s\n", cfg.Clients, cfg.Duration)
-	txs, err := ceiling(ctx, ceilingDB, cfg.Clients, cfg.Duration)
-	if err != nil {
-		return err
+	if cfg.has('3') && !cfg.has('2') && cfg.Rate == 0 {
+		return fmt.Errorf("step 3 without step 2 needs -rate")
 	}
-	rep.Ceiling.Txs, rep.Ceiling.TPS = txs, float64(txs)/cfg.Duration.Seconds()
+
+	// 1. The ceiling.
+	if cfg.has('1') {
+		fmt.Fprintf(os.Stderr, "1/5 ceiling: %d clients for %s\n", cfg.Clients, cfg.Duration)
+		txs, err := ceiling(ctx, ceilingDB, cfg.Clients, cfg.Duration)
+		if err != nil {
+			return err
+		}
+		rep.Ceiling.Txs, rep.Ceiling.TPS = txs, float64(txs)/cfg.Duration.Seconds()
+	}
 
 	// 2. The API, with the relay publishing as it goes.
 	fmt.Fprintf(os.Stderr, "2/5 API: %d clients for %s\n", cfg.Clients, cfg.Duration)
@@ -197,15 +207,19 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer ordersProc.Kill()
-	client := loadgen.New(ordersProc.URL, cfg.Clients)
-	client.Closed(ctx, cfg.Clients, time.Second) // warm up connections and caches
-	api := client.Closed(ctx, cfg.Clients, cfg.Duration)
-	rep.API.RPS, rep.API.Created = api.RPS(), api.Created
-	rep.API.P50ms, rep.API.P95ms, rep.API.P99ms = ms(api.Percentile(0.5)), ms(api.Percentile(0.95)), ms(api.Percentile(0.99))
-	rep.API.Ratio = rep.API.RPS / rep.Ceiling.TPS
-	rep.API.Statuses, rep.API.Failures = api.Statuses, api.Failures
-	if rss, err := ordersProc.PeakRSS(); err == nil {
-		rep.Resources.OrdersPeakRSSMB = mb(rss)
+	if cfg.has('2') {
+		client := loadgen.New(ordersProc.URL, cfg.Clients)
+		client.Closed(ctx, cfg.Clients, time.Second) // warm up connections and caches
+		api := client.Closed(ctx, cfg.Clients, cfg.Duration)
+		rep.API.RPS, rep.API.Created = api.RPS(), api.Created
+		rep.API.P50ms, rep.API.P95ms, rep.API.P99ms = ms(api.Percentile(0.5)), ms(api.Percentile(0.95)), ms(api.Percentile(0.99))
+		if rep.Ceiling.TPS > 0 {
+			rep.API.Ratio = rep.API.RPS / rep.Ceiling.TPS
+		}
+		rep.API.Statuses, rep.API.Failures = api.Statuses, api.Failures
+		if rss, err := ordersProc.PeakRSS(); err == nil {
+			rep.Resources.OrdersPeakRSSMB = mb(rss)
+		}
 	}
 	ordersPool, err := pgxpool.New(ctx, ordersDB)
 	if err != nil {
@@ -230,82 +244,86 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	var ordersSoFar int
-	if err := ordersPool.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&ordersSoFar); err != nil {
-		return err
+	if cfg.has('3') {
+		var ordersSoFar int
+		if err := ordersPool.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&ordersSoFar); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "3/5 end to end: draining the %d orders of step 2 first\n", ordersSoFar)
+		if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar, 5*time.Minute); err != nil {
+			return err
+		}
+		rate := cfg.Rate
+		if rate == 0 {
+			rate = rep.API.RPS / 2
+		}
+		fmt.Fprintf(os.Stderr, "3/5 end to end: %.0f orders/s for %s\n", rate, cfg.Duration)
+		e2eClient := loadgen.New(ordersProc.URL, 256)
+		e2eClient.Body = func(i int) []byte {
+			return fmt.Appendf(nil, `{"customerId":"e2e-%d","totalAmount":%d}`, i%100, 100+i)
+		}
+		open := e2eClient.Open(ctx, rate, cfg.Duration, 2000)
+		rep.E2E.Rate, rep.E2E.Orders, rep.E2E.HTTPP99ms = rate, open.Created, ms(open.Percentile(0.99))
+		rep.E2E.Failed = open.Sent - open.Created
+		if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar+open.Created, 5*time.Minute); err != nil {
+			return err
+		}
+		var q []float64
+		if err := invoicesPool.QueryRow(ctx, `
+			SELECT percentile_disc(ARRAY[0.5, 0.99, 1]) WITHIN GROUP (ORDER BY extract(epoch FROM issued_at - order_created_at))
+			FROM invoices WHERE customer_id LIKE 'e2e-%'`).Scan(&q); err != nil {
+			return fmt.Errorf("order-to-invoice latency: %w", err)
+		}
+		rep.E2E.P50ms, rep.E2E.P99ms, rep.E2E.Maxms = q[0]*1000, q[1]*1000, q[2]*1000
+		// The relay's share: from the order's creation to the start of the
+		// transaction that published its event.
+		if err := ordersPool.QueryRow(ctx, `
+			SELECT percentile_disc(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM x.published_at - o.created_at))
+			FROM orders o JOIN outbox x ON convert_from(x.body, 'UTF8')::jsonb->>'orderId' = o.id::text
+			WHERE o.customer_id LIKE 'e2e-%'`).Scan(&q); err != nil {
+			return fmt.Errorf("order-to-publish latency: %w", err)
+		}
+		rep.E2E.RelayP50, rep.E2E.RelayP99 = q[0]*1000, q[1]*1000
 	}
-	fmt.Fprintf(os.Stderr, "3/5 end to end: draining the %d orders of step 2 first\n", ordersSoFar)
-	if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar, 5*time.Minute); err != nil {
-		return err
-	}
-	rate := cfg.Rate
-	if rate == 0 {
-		rate = rep.API.RPS / 2
-	}
-	fmt.Fprintf(os.Stderr, "3/5 end to end: %.0f orders/s for %s\n", rate, cfg.Duration)
-	e2eClient := loadgen.New(ordersProc.URL, 256)
-	e2eClient.Body = func(i int) []byte {
-		return fmt.Appendf(nil, `{"customerId":"e2e-%d","totalAmount":%d}`, i%100, 100+i)
-	}
-	open := e2eClient.Open(ctx, rate, cfg.Duration, 2000)
-	rep.E2E.Rate, rep.E2E.Orders, rep.E2E.HTTPP99ms = rate, open.Created, ms(open.Percentile(0.99))
-	rep.E2E.Failed = open.Sent - open.Created
-	if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar+open.Created, 5*time.Minute); err != nil {
-		return err
-	}
-	var q []float64
-	if err := invoicesPool.QueryRow(ctx, `
-		SELECT percentile_disc(ARRAY[0.5, 0.99, 1]) WITHIN GROUP (ORDER BY extract(epoch FROM issued_at - order_created_at))
-		FROM invoices WHERE customer_id LIKE 'e2e-%'`).Scan(&q); err != nil {
-		return fmt.Errorf("order-to-invoice latency: %w", err)
-	}
-	rep.E2E.P50ms, rep.E2E.P99ms, rep.E2E.Maxms = q[0]*1000, q[1]*1000, q[2]*1000
-	// The relay's share: from the order's creation to the start of the
-	// transaction that published its event.
-	if err := ordersPool.QueryRow(ctx, `
-		SELECT percentile_disc(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM x.published_at - o.created_at))
-		FROM orders o JOIN outbox x ON convert_from(x.body, 'UTF8')::jsonb->>'orderId' = o.id::text
-		WHERE o.customer_id LIKE 'e2e-%'`).Scan(&q); err != nil {
-		return fmt.Errorf("order-to-publish latency: %w", err)
-	}
-	rep.E2E.RelayP50, rep.E2E.RelayP99 = q[0]*1000, q[1]*1000
 	if err := invoicesProc.Stop(30 * time.Second); err != nil {
 		return fmt.Errorf("stop invoices: %w", err)
 	}
 	_ = ordersProc.Stop(30 * time.Second)
 
-	// 4. The consumer alone, draining a preloaded backlog.
-	fmt.Fprintf(os.Stderr, "4/5 consumer: preloading %d events\n", cfg.Preload)
-	var before int
-	if err := invoicesPool.QueryRow(ctx, `SELECT count(*) FROM invoices`).Scan(&before); err != nil {
-		return err
+	if cfg.has('4') {
+		// 4. The consumer alone, draining a preloaded backlog.
+		fmt.Fprintf(os.Stderr, "4/5 consumer: preloading %d events\n", cfg.Preload)
+		var before int
+		if err := invoicesPool.QueryRow(ctx, `SELECT count(*) FROM invoices`).Scan(&before); err != nil {
+			return err
+		}
+		if err := preload(ctx, brokerURL, cfg.Preload); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "4/5 consumer: draining\n")
+		start := time.Now()
+		invoicesProc, err = testenv.StartProcess(invoicesBin, ip, invoicesEnv, devnull, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		defer invoicesProc.Kill()
+		first, err := waitInvoices(ctx, invoicesPool, before+1, 5*time.Minute)
+		if err != nil {
+			return err
+		}
+		last, err := waitInvoices(ctx, invoicesPool, before+cfg.Preload, 10*time.Minute)
+		if err != nil {
+			return err
+		}
+		rep.Consumer.Events = cfg.Preload
+		rep.Consumer.DrainSeconds = last.Sub(start).Seconds()
+		rep.Consumer.Rate = float64(cfg.Preload) / rep.Consumer.DrainSeconds
+		rep.Consumer.RateAfterStartup = float64(cfg.Preload-1) / last.Sub(first).Seconds()
+		if rss, err := invoicesProc.PeakRSS(); err == nil {
+			rep.Resources.InvoicesPeakRSSMB = mb(rss)
+		}
+		_ = invoicesProc.Stop(30 * time.Second)
 	}
-	if err := preload(ctx, brokerURL, cfg.Preload); err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "4/5 consumer: draining\n")
-	start := time.Now()
-	invoicesProc, err = testenv.StartProcess(invoicesBin, ip, invoicesEnv, devnull, 30*time.Second)
-	if err != nil {
-		return err
-	}
-	defer invoicesProc.Kill()
-	first, err := waitInvoices(ctx, invoicesPool, before+1, 5*time.Minute)
-	if err != nil {
-		return err
-	}
-	last, err := waitInvoices(ctx, invoicesPool, before+cfg.Preload, 10*time.Minute)
-	if err != nil {
-		return err
-	}
-	rep.Consumer.Events = cfg.Preload
-	rep.Consumer.DrainSeconds = last.Sub(start).Seconds()
-	rep.Consumer.Rate = float64(cfg.Preload) / rep.Consumer.DrainSeconds
-	rep.Consumer.RateAfterStartup = float64(cfg.Preload-1) / last.Sub(first).Seconds()
-	if rss, err := invoicesProc.PeakRSS(); err == nil {
-		rep.Resources.InvoicesPeakRSSMB = mb(rss)
-	}
-	_ = invoicesProc.Stop(30 * time.Second)
 
 	// 5. Binary sizes.
 	for name, dst := range map[string]*float64{"orders": &rep.Resources.OrdersBinaryMB, "invoices": &rep.Resources.InvoicesBinaryMB} {

@@ -62,11 +62,26 @@ WITH ins AS (
 SELECT pg_notify('` + NotifyChannel + `', count(*)::text) FROM ins`
 
 // Add stores msgs in tx and asks PostgreSQL to notify relays when tx commits.
-// It is one round trip whatever the number of messages.
+// It is one statement whatever the number of messages.
 func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	if _, err := tx.Exec(ctx, insertSQL, insertArgs(ctx, msgs)...); err != nil {
+		return fmt.Errorf("insert outbox: %w", err)
+	}
+	return nil
+}
+
+// Queue adds Add's statement to b, a batch that runs in a transaction.
+func Queue(ctx context.Context, b *pgx.Batch, msgs ...Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	b.Queue(insertSQL, insertArgs(ctx, msgs)...)
+}
+
+func insertArgs(ctx context.Context, msgs []Message) []any {
 	ids := make([]uuid.UUID, len(msgs))
 	types := make([]string, len(msgs))
 	exchanges := make([]string, len(msgs))
@@ -83,8 +98,5 @@ func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 			}
 		}
 	}
-	if _, err := tx.Exec(ctx, insertSQL, ids, types, exchanges, keys, bodies, headers); err != nil {
-		return fmt.Errorf("insert outbox: %w", err)
-	}
-	return nil
+	return []any{ids, types, exchanges, keys, bodies, headers}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -19,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"invoicing/shared/postgres"
 	"invoicing/shared/rabbit"
 )
 
@@ -40,6 +42,9 @@ type Relay struct {
 	PublishTimeout time.Duration
 	// Interval is how often Run sweeps without a notification.
 	Interval time.Duration
+	// Workers is how many batches Run publishes at once, so that one
+	// batch's wait for confirms overlaps another's; at least 1.
+	Workers int
 	// Retention is how long published rows are kept before Prune deletes them.
 	Retention time.Duration
 }
@@ -89,19 +94,22 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 	}()
 	// The claim runs untraced so that the sweeps that find nothing, once a
 	// second, leave no traces; a batch's span starts once it has rows.
-	err = pgx.BeginFunc(untraced(ctx), r.Pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(untraced(ctx), claimSQL, r.BatchSize)
-		if err != nil {
-			return fmt.Errorf("claim outbox rows: %w", err)
-		}
-		batch, err := pgx.CollectRows(rows, func(cr pgx.CollectableRow) (row, error) {
-			var x row
-			err := cr.Scan(&x.id, &x.msg.EventID, &x.msg.Type, &x.msg.Exchange, &x.msg.RoutingKey, &x.msg.Body, &x.msg.Headers, &x.createdAt)
-			return x, err
+	var batch []row
+	err = postgres.InTx(untraced(ctx), r.Pool, func(b *pgx.Batch) {
+		// Losing the published mark in a crash only means publishing these
+		// rows again, which consumers tolerate, so the commit need not wait
+		// for its own WAL flush.
+		b.Queue(`SET LOCAL synchronous_commit = off`)
+		b.Queue(claimSQL, r.BatchSize).Query(func(rows pgx.Rows) error {
+			var err error
+			batch, err = pgx.CollectRows(rows, func(cr pgx.CollectableRow) (row, error) {
+				var x row
+				err := cr.Scan(&x.id, &x.msg.EventID, &x.msg.Type, &x.msg.Exchange, &x.msg.RoutingKey, &x.msg.Body, &x.msg.Headers, &x.createdAt)
+				return x, err
+			})
+			return err
 		})
-		if err != nil {
-			return fmt.Errorf("read outbox rows: %w", err)
-		}
+	}, func(tx pgx.Tx) error {
 		if len(batch) == 0 {
 			return nil
 		}
@@ -123,15 +131,12 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 		if err := r.Publisher.Publish(pctx, msgs); err != nil {
 			return fmt.Errorf("publish %d events: %w", len(msgs), err)
 		}
-		// Losing the mark in a crash only means publishing these rows
-		// again, which consumers tolerate, so the commit need not wait
-		// for its own WAL flush.
-		if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = off`); err != nil {
-			return fmt.Errorf("relax commit: %w", err)
-		}
 		n = len(batch)
 		return nil
 	})
+	if err != nil {
+		n = 0
+	}
 	return n, err
 }
 
@@ -169,14 +174,20 @@ func (r *Relay) Prune(ctx context.Context) (int64, error) {
 }
 
 // Run sweeps whenever a committed Add notifies, and every Interval in case a
-// notification was missed, until ctx ends. A batch in progress when ctx ends
-// is finished first. Failures (broker or database away) back off and retry.
+// notification was missed, until ctx ends, with Workers sweeps at a time.
+// A batch in progress when ctx ends is finished first. Failures (broker or
+// database away) back off and retry.
 func (r *Relay) Run(ctx context.Context) error {
-	wake := make(chan struct{}, 1)
+	wakes := make([]chan struct{}, max(r.Workers, 1))
+	for i := range wakes {
+		wakes[i] = make(chan struct{}, 1)
+	}
 	signal := func() {
-		select {
-		case wake <- struct{}{}:
-		default:
+		for _, w := range wakes {
+			select {
+			case w <- struct{}{}:
+			default:
+			}
 		}
 	}
 	listener := &pgxlisten.Listener{
@@ -198,35 +209,36 @@ func (r *Relay) Run(ctx context.Context) error {
 		signal()
 		return nil
 	}))
-	listenCtx, stopListening := context.WithCancel(ctx)
-	listenDone := make(chan struct{})
-	go func() {
-		defer close(listenDone)
-		_ = listener.Listen(listenCtx)
-	}()
-	defer func() { stopListening(); <-listenDone }()
-
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = listener.Listen(ctx) })
+	wg.Go(func() { r.prune(ctx) })
+	for _, wake := range wakes {
+		wg.Go(func() { r.work(ctx, wake) })
+	}
 	ticker := time.NewTicker(r.Interval)
 	defer ticker.Stop()
-	pruneTicker := time.NewTicker(max(r.Retention/4, time.Minute))
-	defer pruneTicker.Stop()
-	retry := backoff.NewExponentialBackOff()
-	retry.InitialInterval = 100 * time.Millisecond
-	retry.MaxInterval = 10 * time.Second
 	signal()
 	for {
 		select {
 		case <-ctx.Done():
+			wg.Wait()
 			return nil
-		case <-wake:
 		case <-ticker.C:
-		case <-pruneTicker.C:
-			if n, err := r.Prune(ctx); err != nil {
-				r.Log.Warn("outbox prune failed", "err", err)
-			} else if n > 0 {
-				r.Log.Info("outbox pruned", "rows", n)
-			}
-			continue
+			signal()
+		}
+	}
+}
+
+// work sweeps on every wake-up until ctx ends.
+func (r *Relay) work(ctx context.Context, wake chan struct{}) {
+	retry := backoff.NewExponentialBackOff()
+	retry.InitialInterval = 100 * time.Millisecond
+	retry.MaxInterval = 10 * time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
 		}
 		// Finish the batch in hand on shutdown; stop between batches.
 		n, err := r.sweep(context.WithoutCancel(ctx), ctx)
@@ -241,9 +253,30 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.Log.Warn("outbox relay failed; retrying", "err", err, "retry_in", delay.String())
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-time.After(delay):
-			signal()
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// prune deletes old published rows now and then until ctx ends.
+func (r *Relay) prune(ctx context.Context) {
+	t := time.NewTicker(max(r.Retention/4, time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := r.Prune(ctx); err != nil {
+				r.Log.Warn("outbox prune failed", "err", err)
+			} else if n > 0 {
+				r.Log.Info("outbox pruned", "rows", n)
+			}
 		}
 	}
 }

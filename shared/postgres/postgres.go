@@ -52,16 +52,28 @@ func spanName(sql string) string {
 		return "SQL"
 	}
 	op := strings.ToUpper(fields[0])
-	if m := statementTarget.FindStringSubmatch(sql); m != nil {
-		if op == "WITH" || op == "SELECT" {
-			op = strings.ToUpper(strings.Fields(m[1])[0])
-			if op == "FROM" {
-				op = "SELECT"
+	matches := statementTarget.FindAllStringSubmatch(sql, -1)
+	if len(matches) == 0 {
+		return op
+	}
+	if op == "WITH" {
+		// A CTE statement is named by what it changes, if anything.
+		for _, m := range matches {
+			if kw := strings.ToUpper(strings.Fields(m[1])[0]); kw != "FROM" {
+				return kw + " " + m[2]
 			}
 		}
-		return op + " " + m[2]
+		op = "SELECT"
 	}
-	return op
+	if op == "SELECT" || op == "INSERT" || op == "UPDATE" || op == "DELETE" {
+		for _, m := range matches {
+			kw := strings.ToUpper(strings.Fields(m[1])[0])
+			if kw == op || (kw == "FROM" && op == "SELECT") {
+				return op + " " + m[2]
+			}
+		}
+	}
+	return op + " " + matches[0][2]
 }
 
 // EnsureDatabase creates the database named in url when it does not exist,

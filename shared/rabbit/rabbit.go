@@ -168,15 +168,17 @@ type Message struct {
 	Headers    amqp.Table
 }
 
-// Publisher publishes persistent messages on a confirm-mode channel. A batch
+// Publisher publishes persistent messages on confirm-mode channels. A batch
 // is sent as a window: every message goes out before any confirm is awaited.
+// Concurrent Publish calls each use a channel of their own (kept for reuse),
+// so their confirm waits overlap.
 type Publisher struct {
 	session *Session
 	tracer  trace.Tracer
 	confirm metric.Float64Histogram
 
-	mu sync.Mutex
-	ch *amqp.Channel
+	mu   sync.Mutex
+	idle []*amqp.Channel
 }
 
 // NewPublisher returns a Publisher on s.
@@ -190,30 +192,44 @@ func NewPublisher(s *Session) *Publisher {
 // On error some messages may have been delivered; callers publish again, and
 // consumers deduplicate.
 func (p *Publisher) Publish(ctx context.Context, msgs []Message) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := p.publish(ctx, msgs); err != nil {
-		if p.ch != nil {
-			_ = p.ch.Close()
-			p.ch = nil
-		}
+	ch, err := p.channel(ctx)
+	if err != nil {
 		return err
 	}
+	if err := p.publish(ctx, ch, msgs); err != nil {
+		_ = ch.Close() // its confirms are out of step now
+		return err
+	}
+	p.mu.Lock()
+	p.idle = append(p.idle, ch)
+	p.mu.Unlock()
 	return nil
 }
 
-func (p *Publisher) publish(ctx context.Context, msgs []Message) error {
-	if p.ch == nil || p.ch.IsClosed() {
-		ch, err := p.session.Channel(ctx)
-		if err != nil {
-			return err
+// channel returns an idle open channel, or a new one in confirm mode.
+func (p *Publisher) channel(ctx context.Context) (*amqp.Channel, error) {
+	p.mu.Lock()
+	for len(p.idle) > 0 {
+		ch := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if !ch.IsClosed() {
+			p.mu.Unlock()
+			return ch, nil
 		}
-		if err := ch.Confirm(false); err != nil {
-			_ = ch.Close()
-			return fmt.Errorf("enable confirms: %w", err)
-		}
-		p.ch = ch
 	}
+	p.mu.Unlock()
+	ch, err := p.session.Channel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, fmt.Errorf("enable confirms: %w", err)
+	}
+	return ch, nil
+}
+
+func (p *Publisher) publish(ctx context.Context, ch *amqp.Channel, msgs []Message) error {
 	pending := make([]*amqp.DeferredConfirmation, 0, len(msgs))
 	spans := make([]trace.Span, 0, len(msgs))
 	sent := make([]time.Time, 0, len(msgs))
@@ -245,7 +261,7 @@ func (p *Publisher) publish(ctx context.Context, msgs []Message) error {
 			headers[k] = v
 		}
 		otel.GetTextMapPropagator().Inject(trace.ContextWithSpan(ctx, span), HeaderCarrier(headers))
-		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, false, false, amqp.Publishing{
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, false, false, amqp.Publishing{
 			ContentType:  "application/json",
 			DeliveryMode: amqp.Persistent,
 			MessageId:    m.MessageID,
