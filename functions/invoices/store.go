@@ -50,7 +50,7 @@ type Store struct {
 // insert an invoice between the check and the insert.
 func (s *Store) Issue(ctx context.Context, events []event.OrderCreated) ([]Invoice, error) {
 	n := len(events)
-	ids, orders, eventIDs := make([]uuid.UUID, n), make([]uuid.UUID, n), make([]uuid.UUID, n)
+	ids, orders, eventIDs := make([][16]byte, n), make([][16]byte, n), make([][16]byte, n) // pgx's binary uuid encoder
 	customers, currencies := make([]string, n), make([]string, n)
 	amounts := make([]int64, n)
 	created := make([]*time.Time, n)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -153,13 +154,15 @@ func insertOrders(ctx context.Context, tx pgx.Tx, orders []Order, msgs []outbox.
 
 func ordersArgs(orders []Order) []any {
 	n := len(orders)
-	ids := make([]any, n)
+	// [16]byte and time.Time take pgx's direct binary encoders; uuid.UUID
+	// would go through driver.Valuer and a text round trip.
+	ids := make([][16]byte, n)
 	customers := make([]string, n)
 	amounts := make([]int64, n)
 	currencies := make([]string, n)
 	statuses := make([]string, n)
 	items := make([]string, n)
-	created := make([]any, n)
+	created := make([]time.Time, n)
 	for i, o := range orders {
 		ids[i], customers[i], amounts[i], currencies[i], statuses[i], created[i] = o.ID, o.CustomerID, o.TotalAmount, o.Currency, o.Status, o.CreatedAt
 		items[i] = jsonItems(o.Items)

@@ -82,7 +82,7 @@ func Queue(ctx context.Context, b *pgx.Batch, msgs ...Message) {
 }
 
 func insertArgs(ctx context.Context, msgs []Message) []any {
-	ids := make([]uuid.UUID, len(msgs))
+	ids := make([][16]byte, len(msgs)) // pgx's binary uuid encoder, not driver.Valuer
 	types := make([]string, len(msgs))
 	exchanges := make([]string, len(msgs))
 	keys := make([]string, len(msgs))
