@@ -333,3 +333,7 @@ func TestReadAPI(t *testing.T) {
 		t.Errorf("POST /invoices: %d", rec.Code)
 	}
 }
+
+func TestOpenAPIDescribesTheRoutes(t *testing.T) {
+	testenv.CheckOpenAPI(t, routes(slog.New(slog.DiscardHandler), nil, nil), "../openapi.json", "invoices")
+}

@@ -5,17 +5,24 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/gorilla/mux"
+
 	"invoicing/shared/web"
 )
 
 // NewServer returns the invoices read API. The same handler serves net/http and Lambda.
 func NewServer(log *slog.Logger, store *Store, checks map[string]web.Check) http.Handler {
+	return web.Observe(log, routes(log, store, checks))
+}
+
+// routes lists the whole API.
+func routes(log *slog.Logger, store *Store, checks map[string]web.Check) *mux.Router {
 	r := web.NewRouter()
 	h := func(fn web.HandlerFunc) http.Handler { return web.Handle(log, httpError, fn) }
 	r.Handle("/invoices", h(handleListInvoices(store))).Methods(http.MethodGet)
 	r.Handle("/invoices/{id}", h(handleGetInvoice(store))).Methods(http.MethodGet)
 	r.Handle("/health", web.Health(checks)).Methods(http.MethodGet)
-	return web.Observe(log, r)
+	return r
 }
 
 // httpError maps the domain's errors to HTTP answers, in one place.

@@ -386,3 +386,7 @@ func TestBatchFailureIsolatesTheBadOrder(t *testing.T) {
 		t.Errorf("%d outbox rows, want %d", got, n)
 	}
 }
+
+func TestOpenAPIDescribesTheRoutes(t *testing.T) {
+	testenv.CheckOpenAPI(t, routes(slog.New(slog.DiscardHandler), nil, 1, nil), "../openapi.json", "orders")
+}

@@ -5,18 +5,25 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/gorilla/mux"
+
 	"invoicing/shared/web"
 )
 
 // NewServer returns the orders API. The same handler serves net/http and Lambda.
 func NewServer(log *slog.Logger, store *Store, bodyLimit int64, checks map[string]web.Check) http.Handler {
+	return web.Observe(log, routes(log, store, bodyLimit, checks))
+}
+
+// routes lists the whole API.
+func routes(log *slog.Logger, store *Store, bodyLimit int64, checks map[string]web.Check) *mux.Router {
 	r := web.NewRouter()
 	h := func(fn web.HandlerFunc) http.Handler { return web.Handle(log, httpError, fn) }
 	r.Handle("/orders", h(handleCreateOrder(store, bodyLimit))).Methods(http.MethodPost)
 	r.Handle("/orders", h(handleListOrders(store))).Methods(http.MethodGet)
 	r.Handle("/orders/{id}", h(handleGetOrder(store))).Methods(http.MethodGet)
 	r.Handle("/health", web.Health(checks)).Methods(http.MethodGet)
-	return web.Observe(log, r)
+	return r
 }
 
 // httpError maps the domain's errors to HTTP answers, in one place.
