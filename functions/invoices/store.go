@@ -125,15 +125,11 @@ func scanInvoice(row pgx.CollectableRow) (Invoice, error) {
 
 // Get returns one invoice or ErrNotFound.
 func (s *Store) Get(ctx context.Context, id uuid.UUID) (Invoice, error) {
-	rows, _ := s.pool.Query(ctx, `SELECT `+invoiceColumns+` FROM invoices WHERE id = $1`, id)
-	v, err := pgx.CollectExactlyOneRow(rows, scanInvoice)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Invoice{}, ErrNotFound
-	}
-	if err != nil {
+	v, err := postgres.GetOne(ctx, s.pool, scanInvoice, ErrNotFound, `SELECT `+invoiceColumns+` FROM invoices WHERE id = $1`, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Invoice{}, fmt.Errorf("get invoice: %w", err)
 	}
-	return v, nil
+	return v, err
 }
 
 // ListFilter selects a page of invoices, newest first.

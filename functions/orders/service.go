@@ -12,7 +12,6 @@ import (
 
 	"invoicing/functions/orders/migrations"
 	"invoicing/shared/outbox"
-	"invoicing/shared/postgres"
 	"invoicing/shared/rabbit"
 	"invoicing/shared/runtime"
 	"invoicing/shared/telemetry"
@@ -26,27 +25,18 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
-	log := runtime.NewLogger(stdout, cfg.LogLevel).With("service", "orders")
-	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "orders", DeploymentMode: telemetry.ModeServer, Getenv: getenv})
+	base, err := runtime.Start(ctx, runtime.Service{
+		Name: "orders", Config: cfg.Common, DBMaxConns: cfg.DBMaxConns,
+		Migrations: migrations.FS, DeploymentMode: telemetry.ModeServer,
+	}, args, getenv, stdout)
 	if err != nil {
 		return err
 	}
-	defer tel.Close(5*time.Second, log)
-	command, err := runtime.ParseCommand(args)
-	if err != nil {
-		return err
-	}
-	pool, err := postgres.Prepare(ctx, postgres.Setup{
-		URL: cfg.DatabaseURL, MaxConns: cfg.DBMaxConns, Create: cfg.CreateDatabase,
-		Migrate: cfg.AutoMigrate || command == runtime.CommandMigrate, Migrations: migrations.FS, Log: log,
-	})
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	if command == runtime.CommandMigrate {
+	defer base.Close()
+	if base.Command == runtime.CommandMigrate {
 		return nil
 	}
+	log, pool := base.Log, base.Pool
 
 	session := rabbit.NewSession(cfg.BrokerURL, "orders", log)
 	defer session.Close()

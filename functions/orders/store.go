@@ -172,15 +172,11 @@ func scanOrder(row pgx.CollectableRow) (Order, error) {
 
 // Get returns one order or ErrNotFound.
 func (s *Store) Get(ctx context.Context, id uuid.UUID) (Order, error) {
-	rows, _ := s.pool.Query(ctx, `SELECT `+orderColumns+` FROM orders WHERE id = $1`, id)
-	o, err := pgx.CollectExactlyOneRow(rows, scanOrder)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Order{}, ErrNotFound
-	}
-	if err != nil {
+	o, err := postgres.GetOne(ctx, s.pool, scanOrder, ErrNotFound, `SELECT `+orderColumns+` FROM orders WHERE id = $1`, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Order{}, fmt.Errorf("get order: %w", err)
 	}
-	return o, nil
+	return o, err
 }
 
 // ListFilter selects a page of orders, newest first.

@@ -2,12 +2,14 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 
 	"github.com/exaring/otelpgx"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -86,4 +88,15 @@ func PageQuery(selectFrom string, filters []Filter, after uuid.UUID, limit int) 
 	args = append(args, limit)
 	q += fmt.Sprintf(` ORDER BY id DESC LIMIT $%d`, len(args))
 	return q, args
+}
+
+// GetOne runs a query for at most one row and scans it with scan, returning
+// notFound when there is none.
+func GetOne[T any](ctx context.Context, pool *pgxpool.Pool, scan pgx.RowToFunc[T], notFound error, sql string, args ...any) (T, error) {
+	rows, _ := pool.Query(ctx, sql, args...)
+	v, err := pgx.CollectExactlyOneRow(rows, scan)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return v, notFound
+	}
+	return v, err
 }
