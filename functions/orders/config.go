@@ -9,30 +9,28 @@ import (
 // Config is everything the orders service reads from its environment.
 type Config struct {
 	config.Common
-	RelayInterval   time.Duration
-	RelayBatchSize  int
-	RelayWorkers    int
-	PublishTimeout  time.Duration
-	OutboxRetention time.Duration
-	IdempotencyTTL  time.Duration
-	DBMaxConns      int
-	Writers         int
-	WriteBatchMax   int
+	RelayInterval  time.Duration
+	RelayBatchSize int
+	RelayWorkers   int
+	PublishTimeout time.Duration
+	IdempotencyTTL time.Duration
+	DBMaxConns     int
+	Writers        int
+	WriteBatchMax  int
 }
 
 func loadConfig(getenv func(string) string) (Config, error) {
 	r := config.NewReader(getenv)
 	c := Config{
-		Common:          config.ReadCommon(r, 3333, "orders"),
-		RelayInterval:   r.Duration("RELAY_INTERVAL", time.Second, 10*time.Millisecond, time.Hour),
-		RelayBatchSize:  r.Int("RELAY_BATCH_SIZE", 500, 1, 10000),
-		RelayWorkers:    r.Int("RELAY_WORKERS", 1, 1, 64),
-		PublishTimeout:  r.Duration("PUBLISH_TIMEOUT", 10*time.Second, 100*time.Millisecond, 5*time.Minute),
-		OutboxRetention: r.Duration("OUTBOX_RETENTION", 15*time.Minute, 0, 30*24*time.Hour),
-		IdempotencyTTL:  r.Duration("IDEMPOTENCY_TTL", 24*time.Hour, 24*time.Hour, 30*24*time.Hour),
-		DBMaxConns:      r.Int("DB_MAX_CONNS", 16, 2, 1000),
-		Writers:         r.Int("WRITERS", 2, 1, 256),
-		WriteBatchMax:   r.Int("WRITE_BATCH_MAX", 64, 1, 5000),
+		Common:         config.ReadCommon(r, 3333, "orders"),
+		RelayInterval:  r.Duration("RELAY_INTERVAL", time.Second, 10*time.Millisecond, time.Hour),
+		RelayBatchSize: r.Int("RELAY_BATCH_SIZE", 500, 1, 10000),
+		RelayWorkers:   r.Int("RELAY_WORKERS", 1, 1, 64),
+		PublishTimeout: r.Duration("PUBLISH_TIMEOUT", 10*time.Second, 100*time.Millisecond, 5*time.Minute),
+		IdempotencyTTL: r.Duration("IDEMPOTENCY_TTL", 24*time.Hour, 24*time.Hour, 30*24*time.Hour),
+		DBMaxConns:     r.Int("DB_MAX_CONNS", 16, 2, 1000),
+		Writers:        r.Int("WRITERS", 2, 1, 256),
+		WriteBatchMax:  r.Int("WRITE_BATCH_MAX", 64, 1, 5000),
 	}
 	return c, r.Err()
 }

@@ -50,7 +50,6 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		PublishTimeout: cfg.PublishTimeout,
 		Interval:       cfg.RelayInterval,
 		Workers:        cfg.RelayWorkers,
-		Retention:      cfg.OutboxRetention,
 	}
 	if err := relay.RegisterMetrics(); err != nil {
 		return err

@@ -294,7 +294,7 @@ func settle(ctx context.Context, ordersDB, invoicesDB, brokerURL string, limit t
 	lastInvoices, steady := -1, 0
 	for time.Now().Before(deadline) && steady < 10 {
 		var backlog, invoices, stored int
-		if err := op.QueryRow(ctx, `SELECT count(*) FILTER (WHERE published_at IS NULL) FROM outbox`).Scan(&backlog); err != nil {
+		if err := op.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&backlog); err != nil {
 			return obs, err
 		}
 		if err := op.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&stored); err != nil {

@@ -1,7 +1,7 @@
 // Package outbox is the transactional outbox: Add writes an event in the same
 // transaction as the data it describes, and Relay publishes stored events to
-// RabbitMQ with confirms, marking each row published only after the broker's
-// ack. An event may be published more than once; it is never lost.
+// RabbitMQ with confirms, deleting each row only once the broker acked it.
+// An event may be published more than once; it is never lost.
 //
 // The table lives in the owning service's database:
 //
@@ -13,10 +13,8 @@
 //	    routing_key  text        NOT NULL,
 //	    body         bytea       NOT NULL,
 //	    headers      jsonb       NOT NULL DEFAULT '{}',
-//	    created_at   timestamptz NOT NULL DEFAULT now(),
-//	    published_at timestamptz
+//	    created_at   timestamptz NOT NULL DEFAULT now()
 //	);
-//	CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
 package outbox
 
 import (

@@ -45,8 +45,6 @@ type Relay struct {
 	// Workers is how many batches Run publishes at once, so that one
 	// batch's wait for confirms overlaps another's; at least 1.
 	Workers int
-	// Retention is how long published rows are kept before Prune deletes them.
-	Retention time.Duration
 }
 
 var noopSpan = trace.SpanFromContext(context.Background())
@@ -59,15 +57,15 @@ func untraced(ctx context.Context) context.Context {
 	}))
 }
 
-// claimSQL locks up to $1 unpublished rows (skipping rows another relay
-// holds) and marks them published in one statement. The mark only lasts if
-// the transaction commits, which PublishBatch does after the broker confirmed
-// every row; otherwise the rollback leaves them unpublished.
+// claimSQL locks up to $1 rows (skipping rows another relay holds) and
+// deletes them, returning their contents. The delete only lasts if the
+// transaction commits, which PublishBatch does after the broker confirmed
+// every row; otherwise the rollback brings them back. Deleting at once,
+// rather than marking rows and pruning them later, writes each row once.
 const claimSQL = `
-UPDATE outbox SET published_at = now()
+DELETE FROM outbox
 WHERE id IN (
     SELECT id FROM outbox
-    WHERE published_at IS NULL
     ORDER BY id
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
@@ -79,9 +77,9 @@ type row struct {
 	createdAt time.Time
 }
 
-// PublishBatch claims up to BatchSize unpublished rows, marking them
-// published, publishes them, and commits only after the broker confirmed
-// them all. It returns how many rows it published.
+// PublishBatch claims up to BatchSize rows, deleting them, publishes them,
+// and commits only after the broker confirmed them all. It returns how many
+// rows it published.
 func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 	start := time.Now()
 	var span trace.Span = noopSpan
@@ -96,9 +94,9 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 	// second, leave no traces; a batch's span starts once it has rows.
 	var batch []row
 	err = postgres.InTx(untraced(ctx), r.Pool, func(b *pgx.Batch) {
-		// Losing the published mark in a crash only means publishing these
-		// rows again, which consumers tolerate, so the commit need not wait
-		// for its own WAL flush.
+		// Losing the delete in a crash only means publishing these rows
+		// again, which consumers tolerate, so the commit need not wait for
+		// its own WAL flush.
 		b.Queue(`SET LOCAL synchronous_commit = off`)
 		b.Queue(claimSQL, r.BatchSize).Query(func(rows pgx.Rows) error {
 			var err error
@@ -164,15 +162,6 @@ func (r *Relay) sweep(batchCtx, stopCtx context.Context) (int, error) {
 	return total, stopCtx.Err()
 }
 
-// Prune deletes rows published longer ago than Retention.
-func (r *Relay) Prune(ctx context.Context) (int64, error) {
-	tag, err := r.Pool.Exec(ctx, `DELETE FROM outbox WHERE published_at < now() - $1::interval`, r.Retention)
-	if err != nil {
-		return 0, fmt.Errorf("prune outbox: %w", err)
-	}
-	return tag.RowsAffected(), nil
-}
-
 // Run sweeps whenever a committed Add notifies, and every Interval in case a
 // notification was missed, until ctx ends, with Workers sweeps at a time.
 // A batch in progress when ctx ends is finished first. Failures (broker or
@@ -211,7 +200,6 @@ func (r *Relay) Run(ctx context.Context) error {
 	}))
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = listener.Listen(ctx) })
-	wg.Go(func() { r.prune(ctx) })
 	for _, wake := range wakes {
 		wg.Go(func() { r.work(ctx, wake) })
 	}
@@ -263,24 +251,6 @@ func (r *Relay) work(ctx context.Context, wake chan struct{}) {
 	}
 }
 
-// prune deletes old published rows now and then until ctx ends.
-func (r *Relay) prune(ctx context.Context) {
-	t := time.NewTicker(max(r.Retention/4, time.Minute))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if n, err := r.Prune(ctx); err != nil {
-				r.Log.Warn("outbox prune failed", "err", err)
-			} else if n > 0 {
-				r.Log.Info("outbox pruned", "rows", n)
-			}
-		}
-	}
-}
-
 // RegisterMetrics reports the outbox backlog (unpublished rows) and the age
 // of its oldest row each time metrics are collected.
 func (r *Relay) RegisterMetrics() error {
@@ -302,7 +272,7 @@ func (r *Relay) RegisterMetrics() error {
 		var oldest float64
 		if err := r.Pool.QueryRow(ctx, `
 			SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-			FROM outbox WHERE published_at IS NULL`).Scan(&rows, &oldest); err != nil {
+			FROM outbox`).Scan(&rows, &oldest); err != nil {
 			return fmt.Errorf("measure outbox backlog: %w", err)
 		}
 		o.ObserveInt64(backlog, rows)

@@ -20,6 +20,8 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
+
+	"invoicing/shared/telemetry"
 )
 
 // Open returns a pool for url. configure, when not nil, can adjust the pool
@@ -30,7 +32,9 @@ func Open(ctx context.Context, url string, configure func(*pgxpool.Config)) (*pg
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
-	cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithSpanNameFunc(spanName), otelpgx.WithDisableAcquireTracer())
+	if telemetry.Enabled() {
+		cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithSpanNameFunc(spanName), otelpgx.WithDisableAcquireTracer())
+	}
 	if configure != nil {
 		configure(cfg)
 	}

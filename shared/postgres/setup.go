@@ -11,6 +11,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"invoicing/shared/telemetry"
 )
 
 // Setup describes how a service gets its database ready at start.
@@ -46,9 +48,11 @@ func Prepare(ctx context.Context, s Setup) (*pgxpool.Pool, error) {
 		return nil, err
 	}
 	// Pool gauges (connections in use, idle, acquire waits) for the metrics.
-	if err := otelpgx.RecordStats(pool); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("pool metrics: %w", err)
+	if telemetry.Enabled() {
+		if err := otelpgx.RecordStats(pool); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("pool metrics: %w", err)
+		}
 	}
 	if s.Migrate {
 		if err := Migrate(ctx, pool, s.Migrations, s.Log); err != nil {

@@ -177,3 +177,13 @@ func (t *Telemetry) Close(timeout time.Duration, log *slog.Logger) {
 		log.Warn("telemetry flush failed", "err", err)
 	}
 }
+
+// Enabled reports whether Setup installed a tracer or meter provider that
+// exports. Instrumentation that costs CPU on every request or statement
+// (otelhttp, otelpgx) is left out when it is not, so that a service without
+// an OTLP endpoint pays nothing for telemetry. Before Setup it reports true.
+func Enabled() bool {
+	_, noTraces := otel.GetTracerProvider().(tracenoop.TracerProvider)
+	_, noMetrics := otel.GetMeterProvider().(metricnoop.MeterProvider)
+	return !noTraces || !noMetrics
+}

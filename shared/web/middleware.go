@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"invoicing/shared/telemetry"
 )
 
 type statusRecorder struct {
@@ -42,6 +44,9 @@ func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter 
 // dropped connection. The span is named by the route template once the
 // router matched one ("GET /orders/{id}"), by the method alone otherwise.
 func Observe(log *slog.Logger, next http.Handler) http.Handler {
+	if !telemetry.Enabled() {
+		return logAndRecover(log, next)
+	}
 	return otelhttp.NewHandler(logAndRecover(log, next), "http.server",
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method }))
 }

@@ -19,11 +19,10 @@ CREATE TABLE outbox (
     routing_key  text        NOT NULL,
     body         bytea       NOT NULL,
     headers      jsonb       NOT NULL DEFAULT '{}',
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    published_at timestamptz
+    created_at   timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
-CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
+-- Every row is an event not yet confirmed by the broker; the relay deletes
+-- rows in the transaction that commits after the broker's confirms.
 
 -- Responses of POST /orders sent with an Idempotency-Key, replayed on retry.
 CREATE TABLE idempotency_keys (
