@@ -283,7 +283,7 @@ func run(ctx context.Context, cfg config) error {
 		// 4. The consumer alone, draining a preloaded backlog.
 		fmt.Fprintf(os.Stderr, "4/5 consumer: preloading %d events\n", cfg.Preload)
 		var before int
-		if err := invoicesPool.QueryRow(ctx, `SELECT count(*) FROM invoices`).Scan(&before); err != nil {
+		if err := invoicesPool.QueryRow(ctx, `SELECT coalesce(sum(last), 0)::int FROM invoice_counters`).Scan(&before); err != nil {
 			return err
 		}
 		if err := preload(ctx, brokerURL, cfg.Preload); err != nil {
@@ -391,7 +391,9 @@ func waitInvoices(ctx context.Context, pool *pgxpool.Pool, n int, timeout time.D
 	deadline := time.Now().Add(timeout)
 	for {
 		var got int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM invoices`).Scan(&got); err != nil {
+		// The year's counter is the number of invoices (they are gapless):
+		// one row to read, where count(*) would scan a table it slows down.
+		if err := pool.QueryRow(ctx, `SELECT coalesce(sum(last), 0)::int FROM invoice_counters`).Scan(&got); err != nil {
 			return time.Time{}, err
 		}
 		if got >= n {
