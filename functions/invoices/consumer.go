@@ -51,9 +51,13 @@ func newBackoff() *backoff.ExponentialBackOff {
 func (c *Consumer) Run(ctx context.Context) error {
 	retry := newBackoff()
 	for ctx.Err() == nil {
+		start := time.Now()
 		err := c.consume(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if time.Since(start) > time.Minute {
+			retry.Reset() // it had been consuming: this is a new outage
 		}
 		delay := retry.NextBackOff()
 		c.Log.Warn("consumer stopped; reconnecting", "err", err, "retry_in", delay.String())
@@ -61,9 +65,6 @@ func (c *Consumer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(delay):
-		}
-		if err == nil {
-			retry.Reset()
 		}
 	}
 	return nil

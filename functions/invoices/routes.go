@@ -7,6 +7,7 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"invoicing/shared/postgres"
 	"invoicing/shared/web"
 )
 
@@ -27,8 +28,11 @@ func routes(log *slog.Logger, store *Store, checks map[string]web.Check) *mux.Ro
 
 // httpError maps the domain's errors to HTTP answers, in one place.
 func httpError(err error) error {
-	if errors.Is(err, ErrNotFound) {
+	switch {
+	case errors.Is(err, ErrNotFound):
 		return web.Errorf(http.StatusNotFound, "%v", err)
+	case postgres.IsUnavailable(err):
+		return web.Errorf(http.StatusServiceUnavailable, "the invoice store is unavailable; retry later")
 	}
 	return err
 }

@@ -390,3 +390,28 @@ func TestBatchFailureIsolatesTheBadOrder(t *testing.T) {
 func TestOpenAPIDescribesTheRoutes(t *testing.T) {
 	testenv.CheckOpenAPI(t, routes(slog.New(slog.DiscardHandler), nil, 1, nil), "../openapi.json", "orders")
 }
+
+// With the database unreachable, the API says so with a 503 problem, not a
+// bare 500, and stores nothing.
+func TestDatabaseUnavailableIs503(t *testing.T) {
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/none?sslmode=disable&connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := NewStore(pool, 1, 8)
+	defer store.Close()
+	h := NewServer(slog.New(slog.DiscardHandler), store, 1<<20, nil)
+	for _, req := range []*http.Request{
+		httptest.NewRequest("POST", "/orders", strings.NewReader(`{"customerId":"c","totalAmount":1}`)),
+		httptest.NewRequest("GET", "/orders/0196f3c0-0000-7000-8000-000000000000", nil),
+		httptest.NewRequest("GET", "/orders", nil),
+	} {
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s %s: %d %s", req.Method, req.URL, rec.Code, rec.Body)
+		}
+	}
+}

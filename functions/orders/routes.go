@@ -7,6 +7,7 @@ import (
 
 	"github.com/gorilla/mux"
 
+	"invoicing/shared/postgres"
 	"invoicing/shared/web"
 )
 
@@ -35,6 +36,8 @@ func httpError(err error) error {
 		return web.Errorf(http.StatusConflict, "%v; retry later", err)
 	case errors.Is(err, ErrIdempotencyMismatch):
 		return web.Errorf(http.StatusUnprocessableEntity, "%v", err)
+	case errors.Is(err, ErrStoreClosed) || postgres.IsUnavailable(err):
+		return web.Errorf(http.StatusServiceUnavailable, "the order store is unavailable; nothing was stored, retry later")
 	}
 	return err
 }

@@ -80,18 +80,19 @@ func WriteRawJSON(w http.ResponseWriter, status int, body []byte) {
 // written as they are; others become a 500 whose detail hides the cause.
 type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
 
-// Handle adapts fn to http.Handler. mapErr, when not nil, turns domain errors
-// into *Error in one place per service.
+// Handle adapts fn to http.Handler. mapErr, when not nil, turns the errors
+// that are not already *Error (domain and store errors) into *Error, in one
+// place per service.
 func Handle(log *slog.Logger, mapErr func(error) error, fn HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		err := fn(w, r)
 		if err == nil {
 			return
 		}
-		if mapErr != nil {
+		var we *Error
+		if !errors.As(err, &we) && mapErr != nil {
 			err = mapErr(err)
 		}
-		var we *Error
 		if !errors.As(err, &we) {
 			log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			we = Errorf(http.StatusInternalServerError, "the request could not be completed; it is safe to retry")
