@@ -48,7 +48,7 @@ type options struct {
 type Fault struct {
 	Name string `json:"name"`
 	// HealSeconds runs from the injection until both services answer
-	// /health 200 again and a new order has been answered 201.
+	// /health 200 again and a new order has been accepted and invoiced.
 	HealSeconds float64 `json:"heal_s"`
 }
 
@@ -243,8 +243,8 @@ func healthy(client *http.Client, url string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// waitHealed waits until both services are healthy and a probe order is
-// accepted.
+// waitHealed waits until both services are healthy, a probe order is
+// accepted, and that order's invoice exists: the whole pipeline works again.
 func waitHealed(ctx context.Context, start time.Time, orders, invoices *service, client *http.Client) error {
 	for time.Since(start) < 3*time.Minute {
 		if ctx.Err() != nil {
@@ -257,13 +257,30 @@ func waitHealed(ctx context.Context, start time.Time, orders, invoices *service,
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusCreated {
-					return nil
+					return waitInvoiced(ctx, start, client, invoices.proc.URL, strings.TrimPrefix(resp.Header.Get("Location"), "/orders/"))
 				}
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	return errors.New("not healed after 3 minutes")
+}
+
+// waitInvoiced polls the invoices API until orderID has its invoice.
+func waitInvoiced(ctx context.Context, start time.Time, client *http.Client, invoicesURL, orderID string) error {
+	for time.Since(start) < 3*time.Minute && ctx.Err() == nil {
+		resp, err := client.Get(invoicesURL + "/invoices?orderId=" + orderID)
+		if err == nil {
+			var page struct{ Data []json.RawMessage }
+			err = json.NewDecoder(resp.Body).Decode(&page)
+			resp.Body.Close()
+			if err == nil && len(page.Data) == 1 {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("order %s not invoiced after 3 minutes", orderID)
 }
 
 // settle waits until every stored order's event is published and invoiced
@@ -360,7 +377,7 @@ func sleep(ctx context.Context, d time.Duration) {
 
 func printReport(w io.Writer, r report) {
 	fmt.Fprintf(w, "## Chaos, %s, %.0f orders/s\n\n", r.Date.Format(time.RFC3339), r.Rate)
-	fmt.Fprintln(w, "| fault | healed in (injection to both healthy and a new order accepted) |")
+	fmt.Fprintln(w, "| fault | healed in (injection until a new order is accepted and invoiced) |")
 	fmt.Fprintln(w, "| --- | --- |")
 	for _, f := range r.Faults {
 		fmt.Fprintf(w, "| %s | %.1f s |\n", f.Name, f.HealSeconds)
