@@ -50,6 +50,9 @@ type Fault struct {
 	// HealSeconds runs from the injection until both services answer
 	// /health 200 again and a new order has been accepted and invoiced.
 	HealSeconds float64 `json:"heal_s"`
+	// DowntimeSeconds is how long the fault itself keeps the part down
+	// on purpose; it is included in HealSeconds.
+	DowntimeSeconds float64 `json:"planned_downtime_s"`
 }
 
 type report struct {
@@ -161,27 +164,28 @@ func run(ctx context.Context, o options) (bool, error) {
 
 	pg := postgresVersion()
 	faults := []struct {
-		name   string
-		inject func() error
+		name     string
+		downtime time.Duration
+		inject   func() error
 	}{
-		{"orders SIGKILL + restart", func() error {
+		{"orders SIGKILL + restart", 0, func() error {
 			orders.proc.Kill()
 			return orders.start()
 		}},
-		{"RabbitMQ stop_app / start_app", func() error {
+		{"RabbitMQ stop_app / start_app", 3 * time.Second, func() error {
 			if err := testenv.Rabbitmqctl("stop_app"); err != nil {
 				return err
 			}
-			time.Sleep(3 * time.Second)
+			time.Sleep(3 * time.Second) // the planned downtime
 			if err := testenv.Rabbitmqctl("start_app"); err != nil {
 				return err
 			}
 			return testenv.Rabbitmqctl("await_startup")
 		}},
-		{"invoices SIGKILL mid-batch + restart", func() error {
+		{"invoices SIGKILL mid-batch + restart", 2 * time.Second, func() error {
 			// Let a backlog build so the kill lands inside a batch.
 			invoices.proc.Kill()
-			time.Sleep(2 * time.Second)
+			time.Sleep(2 * time.Second) // the planned downtime
 			if err := invoices.start(); err != nil {
 				return err
 			}
@@ -189,7 +193,7 @@ func run(ctx context.Context, o options) (bool, error) {
 			invoices.proc.Kill()
 			return invoices.start()
 		}},
-		{"PostgreSQL restart", func() error {
+		{"PostgreSQL restart", 0, func() error {
 			out, err := exec.Command("pg_ctlcluster", "--skip-systemctl-redirect", pg, "main", "restart").CombinedOutput()
 			if err != nil {
 				return fmt.Errorf("pg_ctlcluster restart: %v: %s", err, out)
@@ -207,7 +211,7 @@ func run(ctx context.Context, o options) (bool, error) {
 		if err := waitHealed(ctx, start, orders, invoices, probe); err != nil {
 			return false, fmt.Errorf("%s: %w", f.name, err)
 		}
-		fault := Fault{Name: f.name, HealSeconds: time.Since(start).Seconds()}
+		fault := Fault{Name: f.name, HealSeconds: time.Since(start).Seconds(), DowntimeSeconds: f.downtime.Seconds()}
 		fmt.Fprintf(os.Stderr, "  healed in %.1fs\n", fault.HealSeconds)
 		rep.Faults = append(rep.Faults, fault)
 	}
@@ -377,10 +381,10 @@ func sleep(ctx context.Context, d time.Duration) {
 
 func printReport(w io.Writer, r report) {
 	fmt.Fprintf(w, "## Chaos, %s, %.0f orders/s\n\n", r.Date.Format(time.RFC3339), r.Rate)
-	fmt.Fprintln(w, "| fault | healed in (injection until a new order is accepted and invoiced) |")
-	fmt.Fprintln(w, "| --- | --- |")
+	fmt.Fprintln(w, "| fault | healed in (injection until a new order is accepted and invoiced) | of which planned downtime |")
+	fmt.Fprintln(w, "| --- | --- | --- |")
 	for _, f := range r.Faults {
-		fmt.Fprintf(w, "| %s | %.1f s |\n", f.Name, f.HealSeconds)
+		fmt.Fprintf(w, "| %s | %.1f s | %.0f s |\n", f.Name, f.HealSeconds, f.DowntimeSeconds)
 	}
 	v := r.Verdict
 	fmt.Fprintf(w, "\n| check | value |\n| --- | --- |\n")
