@@ -1,10 +1,12 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -111,6 +113,8 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 		if len(batch) == 0 {
 			return nil
 		}
+		// RETURNING has no order; publish in the order the events were stored.
+		slices.SortFunc(batch, func(a, b row) int { return cmp.Compare(a.id, b.id) })
 		ctx, span = tracer.Start(ctx, "outbox publish batch", trace.WithTimestamp(start),
 			trace.WithAttributes(attribute.Int("outbox.batch.size", len(batch))))
 		msgs := make([]rabbit.Message, len(batch))
