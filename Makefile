@@ -1,6 +1,7 @@
 # The services build into bin/. `make run` and `make test` need PostgreSQL on
 # 127.0.0.1:5432 (user postgres, trust auth) and RabbitMQ on 127.0.0.1:5672
-# (guest/guest); `make services` starts or installs them on Debian.
+# (guest/guest); both first run `make services`, which does nothing when the
+# two answer, and otherwise starts them, installing them on Debian if missing.
 
 SERVICES := orders invoices
 GO       ?= go
@@ -16,11 +17,11 @@ FORCE:
 
 # Runs every service natively against the local servers, creating the
 # databases when missing. Ctrl-C stops them all.
-run: build
+run: build services
 	@./local/run.sh
 
 # Every test, including those that talk to the real PostgreSQL and RabbitMQ.
-test:
+test: services
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 

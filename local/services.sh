@@ -3,6 +3,12 @@
 # when they are down, installs them from Debian packages when missing.
 set -euo pipefail
 
+# Fast path: both already answer on their ports (whatever installed them).
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if port_open 5432 && port_open 5672; then
+  exit 0
+fi
+
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_updated=
