@@ -49,5 +49,7 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   echo "starting RabbitMQ"
   as_root rabbitmq-server -detached
 fi
+# The node takes a moment to come up before await_startup can reach it.
+for _ in $(seq 60); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
 as_root rabbitmqctl -q await_startup --timeout 120
 echo "PostgreSQL and RabbitMQ are up"
