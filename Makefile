@@ -6,7 +6,7 @@
 SERVICES := orders invoices
 GO       ?= go
 
-.PHONY: build run test test-short fuzz vet services jaeger bench chaos clean
+.PHONY: build run test test-race test-short fuzz vet services jaeger bench chaos clean
 
 build: $(addprefix bin/,$(SERVICES))
 
@@ -24,6 +24,10 @@ run: build services
 test: services
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+
+# Every test with the race detector, the service binaries under test included.
+test-race: services
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 # Unit tests only: skips what needs the servers.
 test-short:

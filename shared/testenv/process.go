@@ -49,7 +49,11 @@ func Binary(t testing.TB, pkg string) string {
 		t.Fatal("testenv.Binary needs TestMain to call testenv.Main")
 	}
 	out := filepath.Join(binDir, filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", out, pkg)
+	args := []string{"build", "-o", out}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}
@@ -95,6 +99,9 @@ func Start(t testing.TB, bin string, env map[string]string) *Process {
 	if p != nil {
 		t.Cleanup(func() {
 			p.Kill()
+			if strings.Contains(p.Logs(), "WARNING: DATA RACE") {
+				t.Errorf("%s reported a data race", filepath.Base(bin))
+			}
 			if t.Failed() {
 				t.Logf("%s output:\n%s", filepath.Base(bin), p.Logs())
 			}
