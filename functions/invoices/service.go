@@ -42,6 +42,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Session: session, Store: store, Log: log,
 		Prefetch: cfg.Prefetch, BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait,
 	}
+	if err := registerLag(session); err != nil {
+		return err
+	}
 	checks := map[string]web.Check{"postgres": pool.Ping, "rabbitmq": session.Check}
 	return runtime.Server{
 		Log:             log,

@@ -1,8 +1,13 @@
 package invoices
 
 import (
+	"context"
+	"fmt"
+
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
+
+	"invoicing/shared/rabbit"
 )
 
 const instrumentation = "invoicing/functions/invoices"
@@ -24,4 +29,28 @@ func must[T any](v T, err error) T {
 		panic(err) // only for invalid instrument definitions, a programming error
 	}
 	return v
+}
+
+// registerLag reports the consumer lag: messages ready in queue "orders"
+// that no consumer has taken yet, read from the broker at each collection.
+func registerLag(session *rabbit.Session) error {
+	lag, err := meter.Int64ObservableGauge("messaging.consumer.lag", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages ready in queue orders, not yet delivered to a consumer"))
+	if err != nil {
+		return err
+	}
+	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ch, err := session.Channel(ctx)
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		q, err := ch.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
+		if err != nil {
+			return fmt.Errorf("measure consumer lag: %w", err)
+		}
+		o.ObserveInt64(lag, int64(q.Messages))
+		return nil
+	}, lag)
+	return err
 }

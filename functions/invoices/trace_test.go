@@ -136,7 +136,7 @@ func TestOneTraceFromRequestToInvoice(t *testing.T) {
 	for _, m := range []string{
 		"http.server.request.duration", "orders.created", "outbox.backlog", "outbox.oldest.age",
 		"messaging.publish.confirm.duration", "messaging.process.messages", "invoices.order_to_invoice.duration",
-		"db.client.operation.duration",
+		"db.client.operation.duration", "messaging.consumer.lag",
 	} {
 		testenv.Eventually(t, 10*time.Second, "metric "+m, func() bool { return recv.HasMetric(m) })
 	}
