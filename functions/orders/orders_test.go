@@ -415,3 +415,52 @@ func TestDatabaseUnavailableIs503(t *testing.T) {
 		}
 	}
 }
+
+func TestIdempotencyKeysArePrunedAfterTheirTTL(t *testing.T) {
+	s := newService(t, false)
+	ctx := context.Background()
+	if _, err := s.pool.Exec(ctx, `
+		INSERT INTO idempotency_keys (key, request_hash, status, location, body, created_at) VALUES
+		('old', '\x00', 201, '/orders/x', '{}', now() - interval '25 hours'),
+		('new', '\x00', 201, '/orders/y', '{}', now() - interval '23 hours')`); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.store.PruneIdempotencyKeys(ctx, 24*time.Hour)
+	if err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want 1", n, err)
+	}
+	var left string
+	if err := s.pool.QueryRow(ctx, `SELECT string_agg(key, ',') FROM idempotency_keys`).Scan(&left); err != nil || left != "new" {
+		t.Errorf("left %q, %v; want only the key younger than the TTL", left, err)
+	}
+}
+
+func TestMigrateCommand(t *testing.T) {
+	url := testenv.Database(t)
+	var out strings.Builder
+	env := testenv.Getenv(map[string]string{"DATABASE_URL": url})
+	if err := Run(context.Background(), []string{"migrate"}, env, &out); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), `"msg":"migration applied"`) {
+		t.Errorf("no migration logged:\n%s", out.String())
+	}
+	pool, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var tables int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_tables WHERE tablename IN ('orders', 'outbox', 'idempotency_keys')`).Scan(&tables); err != nil || tables != 3 {
+		t.Errorf("%d tables, %v; want 3", tables, err)
+	}
+	if err := Run(context.Background(), []string{"migrate"}, env, io.Discard); err != nil {
+		t.Errorf("second migrate: %v", err)
+	}
+	if err := Run(context.Background(), []string{"frobnicate"}, env, io.Discard); err == nil || !strings.Contains(err.Error(), "unknown command") {
+		t.Errorf("unknown command: %v", err)
+	}
+	if err := Run(context.Background(), nil, testenv.Getenv(map[string]string{"PORT": "none"}), io.Discard); err == nil || !strings.Contains(err.Error(), "PORT") {
+		t.Errorf("bad PORT: %v", err)
+	}
+}
