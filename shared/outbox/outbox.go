@@ -43,8 +43,10 @@ type Message struct {
 }
 
 // TraceHeaders returns the trace context of ctx as outbox headers. Add
-// stores them with each event that has none of its own, so the relay's
-// publish span, later and elsewhere, joins the trace that stored the event.
+// stores them with each event whose Headers are nil, so the relay's publish
+// span, later and elsewhere, joins the trace that stored the event. Callers
+// that store events on behalf of several requests set each event's Headers
+// from its own request.
 func TraceHeaders(ctx context.Context) map[string]string {
 	h := map[string]string{}
 	otel.GetTextMapPropagator().Inject(ctx, propagation.MapCarrier(h))
@@ -89,11 +91,8 @@ func insertArgs(ctx context.Context, msgs []Message) []any {
 	for i, m := range msgs {
 		ids[i], types[i], exchanges[i], keys[i], bodies[i] = m.EventID, m.Type, m.Exchange, m.RoutingKey, m.Body
 		headers[i] = m.Headers
-		if _, ok := headers[i]["traceparent"]; !ok {
+		if headers[i] == nil {
 			headers[i] = TraceHeaders(ctx)
-			for k, v := range m.Headers {
-				headers[i][k] = v
-			}
 		}
 	}
 	return []any{ids, types, exchanges, keys, bodies, headers}
