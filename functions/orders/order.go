@@ -12,16 +12,16 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/text/currency"
 
+	"invoicing/shared/event"
 	"invoicing/shared/web"
 )
 
 // Limits of an order, checked before anything is stored.
 const (
-	maxAmount      = 1_000_000_000_000 // 10^12 minor units
-	maxItems       = 100
-	maxQuantity    = 1_000_000
-	maxTextLength  = 64
-	defaultCurency = "BRL"
+	maxAmount     = 1_000_000_000_000 // 10^12 minor units
+	maxItems      = 100
+	maxQuantity   = 1_000_000
+	maxTextLength = 64
 )
 
 // Order is a stored order, as the API returns it.
@@ -102,7 +102,7 @@ func (r *createOrderRequest) Validate() []web.FieldError {
 	}
 	switch {
 	case !r.Currency.Set:
-		r.Currency = optionalString{Set: true, Value: defaultCurency}
+		r.Currency = optionalString{Set: true, Value: event.DefaultCurrency}
 	case r.Currency.Null || !currencyCode.MatchString(r.Currency.Value):
 		add("currency", "must be an ISO 4217 code of three capital letters, like BRL")
 	default:

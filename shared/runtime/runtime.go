@@ -29,8 +29,6 @@ type Server struct {
 	Handler         http.Handler
 	ShutdownTimeout time.Duration
 	Workers         []Worker
-	// Ready, when set, is called with the bound address once the listener is open.
-	Ready func(addr net.Addr)
 	// PprofAddr, when set (PPROF_ADDR), serves net/http/pprof there, for
 	// profiling under load. Keep it on loopback.
 	PprofAddr string
@@ -43,9 +41,6 @@ func (s Server) Serve(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.Addr, err)
-	}
-	if s.Ready != nil {
-		s.Ready(ln.Addr())
 	}
 	srv := &http.Server{
 		Handler:           s.Handler,

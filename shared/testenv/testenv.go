@@ -57,25 +57,22 @@ func UniqueName(prefix string) string {
 // It returns the database's URL.
 func Database(t testing.TB) string {
 	t.Helper()
-	RequireServers(t)
-	url, drop, err := CreateDatabase(UniqueName("test_"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := drop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return url
+	return forTest(t, CreateDatabase, "test_")
 }
 
 // Vhost creates a RabbitMQ vhost for the test, lets the broker user use it,
 // and deletes it afterwards. It returns the broker URL for the vhost.
 func Vhost(t testing.TB) string {
 	t.Helper()
+	return forTest(t, CreateVhost, "test-")
+}
+
+// forTest creates a uniquely named resource with create and removes it when
+// the test ends.
+func forTest(t testing.TB, create func(name string) (string, func() error, error), prefix string) string {
+	t.Helper()
 	RequireServers(t)
-	url, remove, err := CreateVhost(UniqueName("test-"))
+	url, remove, err := create(UniqueName(prefix))
 	if err != nil {
 		t.Fatal(err)
 	}
