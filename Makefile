@@ -6,7 +6,7 @@
 SERVICES := orders invoices
 GO       ?= go
 
-.PHONY: build run test test-race test-short fuzz vet services jaeger bench chaos clean
+.PHONY: build run test test-race test-short fuzz vet services jaeger bench chaos mutate clean
 
 build: $(addprefix bin/,$(SERVICES))
 
@@ -44,6 +44,12 @@ bench: build
 # PostgreSQL, so never part of make test. Flags: CHAOS_FLAGS='-rate 200 -pause 5s'
 chaos: build
 	$(GO) run ./local/chaos $(CHAOS_FLAGS)
+
+# Plants known bugs one at a time in a scratch copy and runs the tests that
+# must catch each; prints a table and fails when one survives. Slow, so not
+# part of make test. Flags: MUTATE_FLAGS='-run relay'
+mutate: services
+	$(GO) run ./local/mutate $(MUTATE_FLAGS)
 
 services:
 	@./local/services.sh
