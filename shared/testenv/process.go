@@ -123,17 +123,10 @@ func StartProcess(bin string, port int, env map[string]string, logs *os.File, ti
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	kept := &syncBuffer{}
-	if logs != nil {
-		cmd.Stdout, cmd.Stderr = logs, logs
-	} else {
-		cmd.Stdout, cmd.Stderr = kept, kept
+	p, err := launch(cmd, fmt.Sprintf("http://127.0.0.1:%d", port), port, logs)
+	if err != nil {
+		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	p := &Process{cmd: cmd, URL: fmt.Sprintf("http://127.0.0.1:%d", port), Port: port, logs: kept, done: make(chan struct{})}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
 	deadline := time.Now().Add(timeout)
 	for {
 		select {
@@ -153,6 +146,23 @@ func StartProcess(bin string, port int, env map[string]string, logs *os.File, ti
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// launch starts cmd with its output going to logs, or kept for Logs when
+// logs is nil.
+func launch(cmd *exec.Cmd, url string, port int, logs *os.File) (*Process, error) {
+	kept := &syncBuffer{}
+	if logs != nil {
+		cmd.Stdout, cmd.Stderr = logs, logs
+	} else {
+		cmd.Stdout, cmd.Stderr = kept, kept
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
+	}
+	p := &Process{cmd: cmd, URL: url, Port: port, logs: kept, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	return p, nil
 }
 
 // Logs returns what the process wrote so far.

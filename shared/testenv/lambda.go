@@ -1,0 +1,136 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Emulator builds the AWS Lambda Runtime Interface Emulator pinned in
+// local/rie once per test process and returns its path.
+func Emulator(t testing.TB) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	const key = "aws-lambda-rie"
+	if p, ok := built[key]; ok {
+		return p
+	}
+	if binDir == "" {
+		t.Fatal("testenv.Emulator needs TestMain to call testenv.Main")
+	}
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		t.Fatalf("find the main module: %v", err)
+	}
+	out := filepath.Join(binDir, key)
+	cmd := exec.Command("go", "build", "-o", out, "github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie")
+	cmd.Dir = filepath.Join(strings.TrimSpace(string(root)), "local", "rie")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the Lambda emulator: %v\n%s", err, b)
+	}
+	built[key] = out
+	return out
+}
+
+// Lambda is a service binary running as a Lambda function under the
+// emulator, which sets AWS_LAMBDA_RUNTIME_API for it.
+type Lambda struct {
+	*Process
+	invokeURL string
+}
+
+// StartLambda runs bin under the emulator with env added to this process's
+// environment (the emulator hands its environment to the function). The
+// function initialises on the first invocation. It is stopped when the
+// test ends.
+func StartLambda(t testing.TB, bin string, env map[string]string) *Lambda {
+	t.Helper()
+	l, err := StartLambdaProcess(Emulator(t), bin, env, nil)
+	if l != nil {
+		t.Cleanup(func() {
+			l.Kill()
+			if strings.Contains(l.Logs(), "WARNING: DATA RACE") {
+				t.Errorf("%s reported a data race", filepath.Base(bin))
+			}
+			if t.Failed() {
+				t.Logf("%s under the emulator:\n%s", filepath.Base(bin), l.Logs())
+			}
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// StartLambdaProcess runs bin under the emulator rie on two free loopback
+// ports and waits until the emulator accepts invocations. Output goes to
+// logs, or is kept for Logs when logs is nil.
+func StartLambdaProcess(rie, bin string, env map[string]string, logs *os.File) (*Lambda, error) {
+	apiPort, err := PickPort()
+	if err != nil {
+		return nil, err
+	}
+	runtimePort, err := PickPort()
+	if err != nil {
+		return nil, err
+	}
+	api := "127.0.0.1:" + strconv.Itoa(apiPort)
+	cmd := exec.Command(rie,
+		"--runtime-interface-emulator-address", api,
+		"--runtime-api-address", "127.0.0.1:"+strconv.Itoa(runtimePort),
+		bin)
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	p, err := launch(cmd, "http://"+api, apiPort, logs)
+	if err != nil {
+		return nil, err
+	}
+	l := &Lambda{Process: p, invokeURL: "http://" + api + "/2015-03-31/functions/function/invocations"}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-p.done:
+			return l, fmt.Errorf("emulator exited at start: %v\n%s", p.err, p.Logs())
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", api, time.Second); err == nil {
+			c.Close()
+			return l, nil
+		}
+		if time.Now().After(deadline) {
+			return l, fmt.Errorf("emulator not listening on %s after 30s\n%s", api, p.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Invoke sends one event and returns the function's answer. A function
+// error comes back as the emulator's error document, with status 200.
+func (l *Lambda) Invoke(payload []byte) ([]byte, error) {
+	resp, err := http.Post(l.invokeURL, "application/json", bytes.NewReader(payload))
+	if err != nil {
+		return nil, fmt.Errorf("invoke: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return body, fmt.Errorf("invoke: status %d: %s", resp.StatusCode, body)
+	}
+	return body, nil
+}
