@@ -43,6 +43,10 @@ type Handlers struct {
 	// Messages processes broker messages delivered by an event source
 	// mapping. An error fails the invocation, so the whole batch comes again.
 	Messages func(ctx context.Context, msgs []Message) error
+	// Metrics registers metric callbacks that query the database or the
+	// broker at every collection; server mode only, since a frozen Lambda
+	// container cannot answer them.
+	Metrics func() error
 	// AfterHTTP, when set, runs in Lambda mode after each HTTP answer was
 	// produced and before the invocation returns (the orders service
 	// publishes the events its request stored).

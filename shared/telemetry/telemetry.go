@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	lambdadetector "go.opentelemetry.io/contrib/detectors/aws/lambda"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
@@ -72,13 +73,21 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 		otel.SetMeterProvider(t.MeterProvider)
 		return t, nil
 	}
-	res, err := resource.New(ctx,
+	opts := []resource.Option{
 		resource.WithAttributes(semconv.ServiceName(cfg.ServiceName), DeploymentModeKey.String(cfg.DeploymentMode)),
 		resource.WithFromEnv(), // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win
 		resource.WithTelemetrySDK(),
 		resource.WithHost(),
 		resource.WithProcessRuntimeName(),
-	)
+	}
+	if cfg.DeploymentMode == ModeLambda {
+		// cloud.* and faas.* (function name, version, instance, memory);
+		// outside AWS (an emulator without those variables) there are none.
+		if faas, err := lambdadetector.NewResourceDetector().Detect(ctx); err == nil {
+			opts = append(opts, resource.WithAttributes(faas.Attributes()...))
+		}
+	}
+	res, err := resource.New(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}
