@@ -74,7 +74,7 @@ func logAndRecover(log *slog.Logger, next http.Handler) http.Handler {
 			}
 			attrs := []any{"method", r.Method, "path", r.URL.Path, "route", *route,
 				"status", rec.status, "bytes", rec.bytes,
-				"duration_ms", float64(time.Since(start).Microseconds())/1000}
+				"duration_ms", float64(time.Since(start).Microseconds()) / 1000}
 			if id := r.Header.Get(CorrelationIDHeader); id != "" {
 				attrs = append(attrs, "correlation_id", id)
 			}
