@@ -291,7 +291,7 @@ func (o Options) globalPlugins() []plugin {
 		{Name: "cors", Protocols: protocols, Config: corsConfig{
 			Origins: o.AllowedOrigins, Methods: []string{"GET", "POST", "OPTIONS"}, Headers: headers,
 			ExposedHeaders: []string{"Location", "Idempotent-Replayed", CorrelationIDHeader, "Retry-After"},
-			MaxAge: 3600, Credentials: false, PreflightContinue: false,
+			MaxAge:         3600, Credentials: false, PreflightContinue: false,
 		}},
 		{Name: "request-size-limiting", Protocols: protocols, Config: requestSizeLimitingConfig{
 			AllowedPayloadSize: o.BodyLimitBytes, SizeUnit: "bytes", RequireContentLength: false,
