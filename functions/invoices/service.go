@@ -23,7 +23,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	if runtime.IsHealthcheck(args) {
-		return runtime.Healthcheck(ctx, cfg.Port, stdout)
+		return runtime.Healthcheck(ctx, args, cfg.Port, stdout)
 	}
 	base, err := runtime.Start(ctx, runtime.Service{
 		Name: "invoices", Config: cfg.Common, DBMaxConns: cfg.DBMaxConns,

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -59,12 +60,21 @@ func IsHealthcheck(args []string) bool {
 // a timeout of their own, but a hung probe must not pile up.
 const HealthcheckTimeout = 3 * time.Second
 
-// Healthcheck GETs http://127.0.0.1:port/health/live and returns nil when
-// it answers 200, an error otherwise (the binary then exits 1).
-func Healthcheck(ctx context.Context, port int, stdout io.Writer) error {
+// Healthcheck GETs http://127.0.0.1:port/health/live, or the /health path
+// args name after the command ("healthcheck /health/ready", for compose's
+// readiness check), and returns nil when it answers 200, an error
+// otherwise (the binary then exits 1).
+func Healthcheck(ctx context.Context, args []string, port int, stdout io.Writer) error {
+	path := "/health/live"
+	if len(args) > 1 {
+		path = args[1]
+	}
+	if path != "/health" && !strings.HasPrefix(path, "/health/") {
+		return fmt.Errorf("healthcheck: path %q is not a /health path", path)
+	}
 	ctx, cancel := context.WithTimeout(ctx, HealthcheckTimeout)
 	defer cancel()
-	url := "http://127.0.0.1:" + strconv.Itoa(port) + "/health/live"
+	url := "http://127.0.0.1:" + strconv.Itoa(port) + path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err

@@ -40,16 +40,26 @@ func TestHealthcheck(t *testing.T) {
 	t.Run("live answers 200", func(t *testing.T) {
 		var path string
 		port := serve(t, func(w http.ResponseWriter, r *http.Request) { path = r.URL.Path })
-		if err := Healthcheck(context.Background(), port, io.Discard); err != nil {
+		if err := Healthcheck(context.Background(), nil, port, io.Discard); err != nil {
 			t.Fatal(err)
 		}
 		if path != "/health/live" {
 			t.Errorf("probed %q, want /health/live", path)
 		}
 	})
+	t.Run("readiness path", func(t *testing.T) {
+		var path string
+		port := serve(t, func(w http.ResponseWriter, r *http.Request) { path = r.URL.Path })
+		if err := Healthcheck(context.Background(), []string{"healthcheck", "/health/ready"}, port, io.Discard); err != nil || path != "/health/ready" {
+			t.Fatalf("probed %q, %v", path, err)
+		}
+		if err := Healthcheck(context.Background(), []string{"healthcheck", "/orders"}, port, io.Discard); err == nil {
+			t.Fatal("probed a non-health path")
+		}
+	})
 	t.Run("not live", func(t *testing.T) {
 		port := serve(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) })
-		if err := Healthcheck(context.Background(), port, io.Discard); err == nil {
+		if err := Healthcheck(context.Background(), nil, port, io.Discard); err == nil {
 			t.Fatal("a 503 passed the healthcheck")
 		}
 	})
@@ -57,7 +67,7 @@ func TestHealthcheck(t *testing.T) {
 		ln, _ := net.Listen("tcp", "127.0.0.1:0")
 		port := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		if err := Healthcheck(context.Background(), port, io.Discard); err == nil {
+		if err := Healthcheck(context.Background(), nil, port, io.Discard); err == nil {
 			t.Fatal("a closed port passed the healthcheck")
 		}
 	})
@@ -68,7 +78,7 @@ func TestHealthcheck(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		if err := Healthcheck(ctx, port, io.Discard); err == nil {
+		if err := Healthcheck(ctx, nil, port, io.Discard); err == nil {
 			t.Fatal("a hung server passed the healthcheck")
 		}
 		if time.Since(start) > HealthcheckTimeout {
