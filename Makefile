@@ -6,7 +6,7 @@
 SERVICES := orders invoices
 GO       ?= go
 
-.PHONY: build run test test-race test-short fuzz vet services jaeger bench chaos mutate clean
+.PHONY: build run test test-race test-short fuzz vet services jaeger bench chaos mutate clean kong-config up down
 
 build: $(addprefix bin/,$(SERVICES))
 
@@ -60,6 +60,20 @@ services:
 #   OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_METRICS_EXPORTER=none make run
 jaeger:
 	cd local/jaeger && $(GO) tool jaeger
+
+# Renders kong/kong.yml (the compose stack's gateway) from package kong;
+# a test fails while the checked-in file is stale.
+kong-config:
+	$(GO) run ./kong/cmd/kong-config -o kong/kong.yml
+
+# The whole stack in Docker: PostgreSQL, RabbitMQ, Jaeger, Kong on :8000 and
+# both services built from the Dockerfile. Data survives down/up (named
+# volumes); `docker compose -f local/compose.yaml down -v` forgets it.
+up:
+	docker compose -f local/compose.yaml up --build -d
+
+down:
+	docker compose -f local/compose.yaml down
 
 clean:
 	rm -rf bin

@@ -34,3 +34,9 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	}
 	return c, r.Err()
 }
+
+// ConfigVariables lists every environment variable the service's
+// configuration reads (telemetry reads the OTEL_* ones).
+func ConfigVariables() []string {
+	return config.Variables(func(getenv func(string) string) { _, _ = loadConfig(getenv) })
+}

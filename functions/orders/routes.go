@@ -16,6 +16,12 @@ func NewServer(log *slog.Logger, store *Store, bodyLimit int64, checks map[strin
 	return web.Observe(log, routes(log, store, bodyLimit, checks))
 }
 
+// Router returns the API's routes with no dependencies behind them, for
+// checks that only match requests (the Kong configuration's route test).
+func Router() *mux.Router {
+	return routes(slog.New(slog.DiscardHandler), nil, 0, nil)
+}
+
 // routes lists the whole API.
 func routes(log *slog.Logger, store *Store, bodyLimit int64, checks map[string]web.Check) *mux.Router {
 	r := web.NewRouter()

@@ -25,6 +25,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	if runtime.IsHealthcheck(args) {
+		return runtime.Healthcheck(ctx, args, cfg.Port, stdout)
+	}
 	base, err := runtime.Start(ctx, runtime.Service{
 		Name: "orders", Config: cfg.Common, DBMaxConns: cfg.DBMaxConns,
 		Migrations: migrations.FS, DeploymentMode: telemetry.ModeServer,

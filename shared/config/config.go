@@ -157,3 +157,19 @@ func redact(v string) string {
 	}
 	return u.Redacted()
 }
+
+// Variables returns every variable read asks getenv for, in order of first
+// use, with all of them unset. Services expose it so deployment files
+// (compose, task definitions) can be checked against what the code reads.
+func Variables(read func(getenv func(string) string)) []string {
+	var names []string
+	seen := map[string]bool{}
+	read(func(name string) string {
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+		return ""
+	})
+	return names
+}

@@ -39,8 +39,13 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
+// CorrelationIDHeader carries the id the gateway (Kong's correlation-id
+// plugin) gives each request; the request log line repeats it, so a log
+// line can be found from the gateway's log and the other way round.
+const CorrelationIDHeader = "X-Correlation-ID"
+
 // Observe traces every request (404 and 405 too), logs one line per request
-// with its trace id, and turns a panic into a 500 problem instead of a
+// with its trace id (and the gateway's correlation id when present), and turns a panic into a 500 problem instead of a
 // dropped connection. The span is named by the route template once the
 // router matched one ("GET /orders/{id}"), by the method alone otherwise.
 func Observe(log *slog.Logger, next http.Handler) http.Handler {
@@ -67,10 +72,13 @@ func logAndRecover(log *slog.Logger, next http.Handler) http.Handler {
 					WriteProblem(rec, Errorf(http.StatusInternalServerError, "the request could not be completed"))
 				}
 			}
-			log.InfoContext(r.Context(), "request",
-				"method", r.Method, "path", r.URL.Path, "route", *route,
+			attrs := []any{"method", r.Method, "path", r.URL.Path, "route", *route,
 				"status", rec.status, "bytes", rec.bytes,
-				"duration_ms", float64(time.Since(start).Microseconds())/1000)
+				"duration_ms", float64(time.Since(start).Microseconds()) / 1000}
+			if id := r.Header.Get(CorrelationIDHeader); id != "" {
+				attrs = append(attrs, "correlation_id", id)
+			}
+			log.InfoContext(r.Context(), "request", attrs...)
 		}()
 		next.ServeHTTP(rec, r)
 	})
