@@ -43,22 +43,8 @@ func CheckOpenAPI(t *testing.T, router *mux.Router, docPath, service string) {
 		}
 	}
 	served := map[string]bool{}
-	err = router.Walk(func(route *mux.Route, _ *mux.Router, _ []*mux.Route) error {
-		path, err := route.GetPathTemplate()
-		if err != nil {
-			return err
-		}
-		methods, err := route.GetMethods()
-		if err != nil {
-			methods = []string{http.MethodGet}
-		}
-		for _, m := range methods {
-			served[m+" "+path] = true
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	for _, op := range Routes(t, router) {
+		served[op] = true
 	}
 	for op := range served {
 		if !documented[op] {
@@ -73,4 +59,29 @@ func CheckOpenAPI(t *testing.T, router *mux.Router, docPath, service string) {
 	if len(served) == 0 {
 		t.Error("the router serves no route")
 	}
+}
+
+// Routes lists what router serves as "METHOD /path/{template}" entries.
+func Routes(t testing.TB, router *mux.Router) []string {
+	t.Helper()
+	var ops []string
+	err := router.Walk(func(route *mux.Route, _ *mux.Router, _ []*mux.Route) error {
+		path, err := route.GetPathTemplate()
+		if err != nil {
+			return err
+		}
+		methods, err := route.GetMethods()
+		if err != nil {
+			methods = []string{http.MethodGet}
+		}
+		for _, m := range methods {
+			ops = append(ops, m+" "+path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(ops)
+	return ops
 }
