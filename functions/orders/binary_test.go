@@ -2,6 +2,7 @@ package orders
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"invoicing/shared/postgres"
 	"invoicing/shared/testenv"
 )
 
@@ -72,5 +74,72 @@ func TestBinaryServesAndShutsDownGracefully(t *testing.T) {
 	}
 	if !strings.Contains(proc.Logs(), `"msg":"shutting down"`) {
 		t.Errorf("no shutdown log line:\n%s", proc.Logs())
+	}
+}
+
+// SIGTERM while the database is stalled and creates are in flight: the
+// binary answers them within DB_TIMEOUT and exits within its shutdown
+// timeout, instead of waiting forever for a database that never answers.
+func TestBinaryStopsWhileTheDatabaseIsStalled(t *testing.T) {
+	dbURL := testenv.Database(t)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.NewProxy(t, u.Host)
+	u.Host = proxy.Addr()
+	// The default. Creates end within DB_TIMEOUT; closing the pool then
+	// takes pgx up to 15s more per broken connection (a cancel request over
+	// the same dead path), which the shutdown timeout must cover.
+	const shutdownTimeout = 20 * time.Second
+	proc := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders/cmd/orders"), map[string]string{
+		"DATABASE_URL":      u.String(),
+		"BROKER_URL":        testenv.Vhost(t),
+		"WRITERS":           "1",
+		"DB_TIMEOUT":        "1s",
+		"DB_LOOKUP_TIMEOUT": "500ms",
+		"SHUTDOWN_TIMEOUT":  shutdownTimeout.String(),
+		// The relay sweeps once at start, then only on notifications, so
+		// that it holds no connection when the database stalls: this test
+		// is about the creates.
+		"RELAY_INTERVAL": "1h",
+	})
+	direct, err := postgres.Open(context.Background(), dbURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(direct.Close)
+	g := closeGates(t, direct) // the binary migrated the database at start
+
+	const n = 4
+	answers := make(chan *http.Response, n)
+	for i := range n {
+		go func() {
+			resp, err := http.Post(proc.URL+"/orders", "application/json", strings.NewReader(fmt.Sprintf(`{"customerId":"c%d","totalAmount":1}`, i)))
+			if err != nil {
+				t.Errorf("create %d: %v", i, err)
+				resp = nil
+			}
+			answers <- resp
+		}()
+	}
+	g.awaitWaiter(2) // a batch is in the database; more creates may wait for the writer
+	proxy.Stall()
+	start := time.Now()
+	if err := proc.Stop(shutdownTimeout); err != nil {
+		proc.Signal(syscall.SIGQUIT) // its goroutines go to the log shown below
+		_ = proc.Stop(5 * time.Second)
+		t.Fatalf("exit after SIGTERM with the database stalled: %v", err)
+	}
+	t.Logf("exited %s after SIGTERM", time.Since(start))
+	for range n {
+		resp := <-answers // all came before the exit
+		if resp != nil && resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("in-flight create answered %d, want 503", resp.StatusCode)
+		}
+		if resp == nil {
+			continue
+		}
+		resp.Body.Close()
 	}
 }

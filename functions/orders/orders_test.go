@@ -354,7 +354,14 @@ func TestBatchFailureIsolatesTheBadOrder(t *testing.T) {
 		_, _, err := store.Create(ctx, NewOrder("first", 1, "BRL", time.Now()), nil, Response{})
 		errs <- err
 	}()
-	time.Sleep(100 * time.Millisecond) // the first batch is now blocked on the lock
+	testenv.Eventually(t, 30*time.Second, "the first batch waiting for the lock", func() bool {
+		var waiting int
+		err := s.pool.QueryRow(ctx, `
+			SELECT count(*) FROM pg_locks
+			WHERE relation = 'orders'::regclass AND NOT granted
+			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&waiting)
+		return err == nil && waiting > 0
+	})
 	for i := range n {
 		customer := fmt.Sprintf("c%d", i)
 		if i == 7 {
@@ -365,7 +372,10 @@ func TestBatchFailureIsolatesTheBadOrder(t *testing.T) {
 			errs <- err
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Once all of them wait for the writer, they form the next batch.
+	testenv.Eventually(t, 30*time.Second, "the creates waiting for the writer", func() bool {
+		return store.writer.waiting.Load() == n
+	})
 	_ = blocker.Rollback(ctx)
 	failed := 0
 	for range n + 1 {

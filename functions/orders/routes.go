@@ -2,6 +2,7 @@ package orders
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -35,7 +36,20 @@ func routes(log *slog.Logger, store *Store, bodyLimit int64, checks map[string]w
 
 // httpError maps the domain's errors to HTTP answers, in one place.
 func httpError(err error) error {
+	var unknown *OutcomeUnknownError
 	switch {
+	case errors.As(err, &unknown):
+		// Not "retry": a retry without an Idempotency-Key could store the
+		// order twice. The id lets the client check first.
+		id := unknown.OrderID.String()
+		return &web.Error{
+			Status: http.StatusServiceUnavailable,
+			Title:  http.StatusText(http.StatusServiceUnavailable),
+			Type:   "about:blank",
+			Detail: fmt.Sprintf("the order store did not confirm whether order %s was stored; "+
+				"check GET /orders/%s before retrying (retrying with the same Idempotency-Key is always safe)", id, id),
+			Extensions: map[string]any{"orderId": id, "outcome": "unknown"},
+		}
 	case errors.Is(err, ErrNotFound):
 		return web.Errorf(http.StatusNotFound, "%v", err)
 	case errors.Is(err, ErrIdempotencyInFlight):

@@ -43,7 +43,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	session := rabbit.NewSession(cfg.BrokerURL, "orders", log)
 	defer session.Close()
-	store := NewStore(pool, cfg.Writers, cfg.WriteBatchMax)
+	store := NewStore(pool, cfg.Writers, cfg.WriteBatchMax,
+		WithTimeouts(Timeouts{DB: cfg.DBTimeout, Lookup: cfg.DBLookupTimeout}))
 	defer store.Close() // after the HTTP server has drained
 	relay := &outbox.Relay{
 		Pool:           pool,

@@ -21,19 +21,77 @@ import (
 // Store keeps orders, their outbox events and idempotent responses in the
 // orders database. It owns every transaction.
 type Store struct {
-	pool   *pgxpool.Pool
-	writer *batchWriter
+	pool     *pgxpool.Pool
+	writer   *batchWriter
+	timeouts Timeouts
 }
+
+// Timeouts bound a create's database work.
+type Timeouts struct {
+	// DB bounds everything up to the commit: waiting for a writer, the
+	// transaction, its COMMIT.
+	DB time.Duration
+	// Lookup bounds finding out, on another connection, whether a
+	// transaction whose COMMIT went unanswered committed.
+	Lookup time.Duration
+}
+
+// DefaultTimeouts are the Timeouts of a Store made without WithTimeouts.
+var DefaultTimeouts = Timeouts{DB: 10 * time.Second, Lookup: 2 * time.Second}
+
+// StoreOption adjusts a Store made by NewStore.
+type StoreOption func(*Store)
+
+// WithTimeouts sets the bounds of a create's database work.
+func WithTimeouts(t Timeouts) StoreOption { return func(s *Store) { s.timeouts = t } }
 
 // NewStore returns a Store over pool whose creates without an idempotency
 // key are committed in shared transactions by writers goroutines, up to
 // maxBatch orders each. Close stops them.
-func NewStore(pool *pgxpool.Pool, writers, maxBatch int) *Store {
-	return &Store{pool: pool, writer: newBatchWriter(pool, writers, maxBatch)}
+func NewStore(pool *pgxpool.Pool, writers, maxBatch int, opts ...StoreOption) *Store {
+	s := &Store{pool: pool, timeouts: DefaultTimeouts}
+	for _, o := range opts {
+		o(s)
+	}
+	s.writer = newBatchWriter(pool, writers, maxBatch, s.timeouts)
+	return s
 }
 
 // Close stops the batch writers once the batches in hand are committed.
 func (s *Store) Close() { s.writer.close() }
+
+// OutcomeUnknownError is the answer to a create whose COMMIT was sent but
+// not confirmed, when looking the order up afterwards failed too: the order
+// may or may not be stored. GET /orders/{OrderID} tells, once the database
+// answers again.
+type OutcomeUnknownError struct {
+	OrderID uuid.UUID
+	Err     error
+}
+
+func (e *OutcomeUnknownError) Error() string {
+	return fmt.Sprintf("order %s may or may not be stored: %v", e.OrderID, e.Err)
+}
+
+func (e *OutcomeUnknownError) Unwrap() error { return e.Err }
+
+// notStored is the error of a transaction whose unconfirmed COMMIT turned
+// out not to have taken effect: the cause, no longer marked unknown.
+func notStored(unknown *postgres.CommitUnknownError) error {
+	return fmt.Errorf("commit unconfirmed and not applied: %w", unknown.Err)
+}
+
+// settled makes the outcome of the transaction that backend ran final (see
+// postgres.Settle) and then runs look on another connection, all within
+// timeout, whether or not the request is still there.
+func settled(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration, backend uint32, look func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	if err := postgres.Settle(ctx, pool, backend); err != nil {
+		return err
+	}
+	return look(ctx)
+}
 
 // Response is a stored answer to an idempotent POST, replayed on retry.
 type Response struct {
@@ -65,7 +123,9 @@ func (s *Store) Create(ctx context.Context, o Order, idem *IdempotentRequest, re
 		}
 		return resp, false, nil
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeouts.DB)
+	defer cancel()
+	err = postgres.InTx(ctx, s.pool, func(*pgx.Batch) {}, func(tx pgx.Tx) error {
 		prev, found, err := claimIdempotencyKey(ctx, tx, *idem)
 		if err != nil || found {
 			stored, replayed = prev, found
@@ -82,10 +142,43 @@ func (s *Store) Create(ctx context.Context, o Order, idem *IdempotentRequest, re
 		stored = resp
 		return nil
 	})
+	var unknown *postgres.CommitUnknownError
+	if errors.As(err, &unknown) {
+		// The key and the order commit together: the stored response
+		// tells whether this transaction did.
+		var found bool
+		err = settled(ctx, s.pool, s.timeouts.Lookup, unknown.Backend, func(ctx context.Context) error {
+			var lookErr error
+			stored, found, lookErr = storedResponse(ctx, s.pool, *idem)
+			return lookErr
+		})
+		switch {
+		case err != nil:
+			return Response{}, false, &OutcomeUnknownError{OrderID: o.ID, Err: errors.Join(unknown, err)}
+		case !found:
+			return Response{}, false, notStored(unknown)
+		}
+		return stored, false, nil
+	}
 	if err != nil {
 		return Response{}, false, err
 	}
 	return stored, replayed, nil
+}
+
+// storedResponse returns the response stored for idem by a committed
+// request with the same body.
+func storedResponse(ctx context.Context, pool *pgxpool.Pool, idem IdempotentRequest) (Response, bool, error) {
+	var r Response
+	err := pool.QueryRow(ctx, `SELECT status, location, body FROM idempotency_keys WHERE key = $1 AND request_hash = $2`, idem.Key, idem.Hash).
+		Scan(&r.Status, &r.Location, &r.Body)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return Response{}, false, nil
+	case err != nil:
+		return Response{}, false, fmt.Errorf("read idempotency key: %w", err)
+	}
+	return r, true, nil
 }
 
 // CreateOne stores o and its event in a transaction of their own: the

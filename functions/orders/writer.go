@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,6 +19,10 @@ import (
 // ErrStoreClosed is returned for a create submitted after Close.
 var ErrStoreClosed = errors.New("order store is closed")
 
+// errNoWriter is returned for a create that found no free writer within its
+// database budget: it was never sent, so nothing was stored.
+var errNoWriter = fmt.Errorf("no order writer became free in time: %w", context.DeadlineExceeded)
+
 // batchWriter coalesces concurrent creates into shared transactions (group
 // commit). Each request still gets its answer only after the transaction
 // holding its order and outbox row committed, so durability is unchanged,
@@ -25,24 +30,36 @@ var ErrStoreClosed = errors.New("order store is closed")
 // themselves: a writer takes the first waiting create, then every create
 // already waiting, up to max; while writers are busy committing, new
 // creates queue up, so batches grow with load and stay at one when idle.
+//
+// Every create has a budget for the database (timeouts.DB) that starts
+// when it is submitted: the wait for a writer and its transaction must fit
+// in it, and a shared transaction ends at the earliest deadline of its
+// creates. Only a COMMIT that went unanswered adds the lookup that finds
+// out what happened (timeouts.Lookup). So an unreachable database answers
+// every request within about DB + Lookup, and a shutdown waits no longer.
 type batchWriter struct {
-	pool  *pgxpool.Pool
-	max   int
-	queue chan *pendingCreate
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	once  sync.Once
+	pool     *pgxpool.Pool
+	max      int
+	timeouts Timeouts
+	queue    chan *pendingCreate
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
+	// waiting counts creates submitted but not yet taken by a writer, so
+	// that tests can tell when a batch has formed.
+	waiting atomic.Int64
 }
 
 type pendingCreate struct {
-	ctx   context.Context
-	order Order
-	msg   outbox.Message
-	done  chan error
+	ctx      context.Context
+	deadline time.Time
+	order    Order
+	msg      outbox.Message
+	done     chan error
 }
 
-func newBatchWriter(pool *pgxpool.Pool, writers, max int) *batchWriter {
-	w := &batchWriter{pool: pool, max: max, queue: make(chan *pendingCreate), stop: make(chan struct{})}
+func newBatchWriter(pool *pgxpool.Pool, writers, max int, timeouts Timeouts) *batchWriter {
+	w := &batchWriter{pool: pool, max: max, timeouts: timeouts, queue: make(chan *pendingCreate), stop: make(chan struct{})}
 	for range writers {
 		w.wg.Go(w.loop)
 	}
@@ -51,14 +68,28 @@ func newBatchWriter(pool *pgxpool.Pool, writers, max int) *batchWriter {
 
 // submit queues one create and waits for its transaction's outcome. Once
 // queued, it waits even if ctx ends, so that the answer matches what was
-// stored; a create whose ctx ended before its batch began is not stored.
+// stored; a create whose ctx ended before its transaction began is not
+// stored.
 func (w *batchWriter) submit(ctx context.Context, o Order, msg outbox.Message) error {
-	p := &pendingCreate{ctx: ctx, order: o, msg: msg, done: make(chan error, 1)}
+	p := &pendingCreate{ctx: ctx, deadline: time.Now().Add(w.timeouts.DB), order: o, msg: msg, done: make(chan error, 1)}
+	if err := w.enqueue(p); err != nil {
+		return err
+	}
+	return <-p.done
+}
+
+func (w *batchWriter) enqueue(p *pendingCreate) error {
+	w.waiting.Add(1)
+	defer w.waiting.Add(-1)
+	budget := time.NewTimer(time.Until(p.deadline))
+	defer budget.Stop()
 	select {
 	case w.queue <- p:
-		return <-p.done
-	case <-ctx.Done():
-		return ctx.Err()
+		return nil
+	case <-p.ctx.Done():
+		return p.ctx.Err()
+	case <-budget.C:
+		return errNoWriter
 	case <-w.stop:
 		return ErrStoreClosed
 	}
@@ -93,21 +124,36 @@ func (w *batchWriter) loop() {
 	}
 }
 
+// commit stores batch in one transaction and answers each create. A create
+// whose client left or whose budget ran out before the transaction began
+// is answered so and not stored.
 func (w *batchWriter) commit(batch []*pendingCreate) {
 	live := batch[:0]
+	now := time.Now()
 	for _, p := range batch {
-		if err := p.ctx.Err(); err != nil {
-			p.done <- err
-			continue
+		switch {
+		case p.ctx.Err() != nil:
+			p.done <- p.ctx.Err()
+		case !now.Before(p.deadline):
+			p.done <- errNoWriter
+		default:
+			live = append(live, p)
 		}
-		live = append(live, p)
 	}
 	if len(live) == 0 {
 		return
 	}
 	// The transaction's spans join the first request's trace; the others
-	// link to it. Its context outlives any one client going away.
-	ctx := context.WithoutCancel(live[0].ctx)
+	// link to it. Its context outlives any one client going away, but not
+	// the earliest budget among its creates.
+	deadline := live[0].deadline
+	for _, p := range live[1:] {
+		if p.deadline.Before(deadline) {
+			deadline = p.deadline
+		}
+	}
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(live[0].ctx), deadline)
+	defer cancel()
 	for _, p := range live[1:] {
 		trace.SpanFromContext(p.ctx).AddLink(trace.LinkFromContext(ctx))
 	}
@@ -117,17 +163,52 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 		orders[i], msgs[i] = p.order, p.msg
 	}
 	err := postgres.InTx(ctx, w.pool, func(b *pgx.Batch) { queueOrders(ctx, b, orders, msgs) }, nil)
-	if err == nil || len(live) == 1 {
+	var unknown *postgres.CommitUnknownError
+	switch {
+	case errors.As(err, &unknown):
+		w.settle(ctx, live, unknown)
+		return
+	case err == nil || len(live) == 1 || !postgres.IsDataRejected(err):
+		// Retrying alone cures only a row the server rejected. An
+		// unreachable database would fail each retry again, slowly.
 		for _, p := range live {
 			p.done <- err
 		}
 		return
 	}
-	// One bad row must not fail its neighbours: retry each alone.
+	// One bad row must not fail its neighbours: retry each alone, but not
+	// for a client that has left meanwhile: nobody would learn of it.
 	for _, p := range live {
-		p.done <- postgres.InTx(context.WithoutCancel(p.ctx), w.pool, func(b *pgx.Batch) {
-			queueOrders(p.ctx, b, []Order{p.order}, []outbox.Message{p.msg})
-		}, nil)
+		w.commit([]*pendingCreate{p})
+	}
+}
+
+// settle answers the creates of a transaction whose COMMIT went unanswered
+// with what the database holds once that transaction can no longer change
+// it, or, when even that cannot be found out, with *OutcomeUnknownError.
+func (w *batchWriter) settle(ctx context.Context, live []*pendingCreate, unknown *postgres.CommitUnknownError) {
+	ids := make([][16]byte, len(live))
+	for i, p := range live {
+		ids[i] = p.order.ID
+	}
+	stored := map[[16]byte]bool{}
+	err := settled(ctx, w.pool, w.timeouts.Lookup, unknown.Backend, func(ctx context.Context) error {
+		rows, _ := w.pool.Query(ctx, `SELECT id FROM orders WHERE id = ANY($1)`, ids)
+		found, err := pgx.CollectRows(rows, pgx.RowTo[[16]byte])
+		for _, id := range found {
+			stored[id] = true
+		}
+		return err
+	})
+	for _, p := range live {
+		switch {
+		case err != nil:
+			p.done <- &OutcomeUnknownError{OrderID: p.order.ID, Err: errors.Join(unknown, err)}
+		case stored[p.order.ID]:
+			p.done <- nil
+		default:
+			p.done <- notStored(unknown)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/exaring/otelpgx"
 
@@ -24,13 +25,22 @@ import (
 	"invoicing/shared/telemetry"
 )
 
+// DefaultConnectTimeout bounds dialling and the start-up handshake of a
+// new connection when the database URL sets no connect_timeout.
+const DefaultConnectTimeout = 5 * time.Second
+
 // Open returns a pool for url. configure, when not nil, can adjust the pool
 // config (size, tracer) before it is created. The pool is not pinged: a
-// service starts even while its database is briefly unreachable.
+// service starts even while its database is briefly unreachable. A URL
+// without connect_timeout gets DefaultConnectTimeout: a database that
+// accepts TCP but never answers must not hold a caller for minutes.
 func Open(ctx context.Context, url string, configure func(*pgxpool.Config)) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
 	if telemetry.Enabled() {
 		cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithSpanNameFunc(spanName), otelpgx.WithDisableAcquireTracer())

@@ -25,6 +25,32 @@ type Error struct {
 	Detail string       `json:"detail,omitempty"`
 	Type   string       `json:"type"`
 	Errors []FieldError `json:"errors,omitempty"`
+	// Extensions are further members of the problem (RFC 9457 section
+	// 3.2), such as the id a client needs to check what happened. Names
+	// of the members above are ignored here.
+	Extensions map[string]any `json:"-"`
+}
+
+// MarshalJSON writes the standard members, then the extensions.
+func (e *Error) MarshalJSON() ([]byte, error) {
+	type standard Error // without this method
+	body, err := json.Marshal((*standard)(e))
+	if err != nil || len(e.Extensions) == 0 {
+		return body, err
+	}
+	ext := make(map[string]any, len(e.Extensions))
+	for k, v := range e.Extensions {
+		switch k {
+		case "status", "title", "detail", "type", "errors":
+		default:
+			ext[k] = v
+		}
+	}
+	more, err := json.Marshal(ext)
+	if err != nil || len(ext) == 0 {
+		return body, err
+	}
+	return append(append(body[:len(body)-1], ','), more[1:]...), nil
 }
 
 func (e *Error) Error() string {
