@@ -321,10 +321,32 @@ func TestReadAPI(t *testing.T) {
 		"/invoices?limit=0":             400,
 		"/invoices?cursor=abc":          400,
 		"/invoices?customerId=%ff":      400,
+		"/invoices?customerId=%00":      400,
+		"/invoices?customerId=a%00b":    400,
+		"/invoices?orderId=%00":         400,
+		"/invoices?cursor=%00":          400,
+		"/invoices?limit=%00":           400,
+		"/invoices/%00":                 400,
 		"/nothing":                      404,
 	} {
 		if rec := get(path); rec.Code != status || rec.Header().Get("Content-Type") != "application/problem+json" {
 			t.Errorf("GET %s: %d %s, want %d problem", path, rec.Code, rec.Body, status)
+		}
+	}
+	// Text PostgreSQL cannot store is the caller's mistake: a 400 naming the field.
+	for path, field := range map[string]string{
+		"/invoices?customerId=%00":   "customerId",
+		"/invoices?customerId=a%00b": "customerId",
+		"/invoices?customerId=%ff":   "customerId",
+		"/invoices?orderId=%00":      "orderId",
+		"/invoices?cursor=%00":       "cursor",
+		"/invoices?limit=%00":        "limit",
+		"/invoices/%00":              "id",
+	} {
+		rec := get(path)
+		var p web.Error
+		if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil || rec.Code != 400 || len(p.Errors) == 0 || p.Errors[0].Field != field {
+			t.Errorf("GET %s: %d %s, want 400 naming %s", path, rec.Code, rec.Body, field)
 		}
 	}
 	rec = httptest.NewRecorder()

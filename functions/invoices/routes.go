@@ -28,7 +28,12 @@ func routes(log *slog.Logger, store *Store, checks map[string]web.Check) *mux.Ro
 	h := func(fn web.HandlerFunc) http.Handler { return web.Handle(log, httpError, fn) }
 	r.Handle("/invoices", h(handleListInvoices(store))).Methods(http.MethodGet)
 	r.Handle("/invoices/{id}", h(handleGetInvoice(store))).Methods(http.MethodGet)
-	r.Handle("/health", web.Health(checks)).Methods(http.MethodGet)
+	// Readiness is what the read API needs, the database; the consumer's
+	// broker shows in the answer but does not stop reads being served.
+	ready := web.Ready(log, checks, "postgres")
+	r.Handle("/health/live", web.Live()).Methods(http.MethodGet)
+	r.Handle("/health/ready", ready).Methods(http.MethodGet)
+	r.Handle("/health", ready).Methods(http.MethodGet) // kept for existing probes
 	return r
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
 
+	"invoicing/shared/event"
 	"invoicing/shared/web"
 )
 
@@ -91,10 +92,12 @@ func handleListOrders(store *Store) web.HandlerFunc {
 		if err != nil {
 			return err
 		}
+		// The filter follows the rule of stored customer ids, which also keeps
+		// text PostgreSQL cannot take (NUL, invalid UTF-8) away from the query.
 		customer := r.URL.Query().Get("customerId")
 		if customer != "" {
-			if msg := checkText(customer); msg != "" {
-				return web.ValidationError([]web.FieldError{{Field: "customerId", Detail: msg}})
+			if err := event.CheckCustomerID(customer); err != nil {
+				return web.ValidationError([]web.FieldError{{Field: "customerId", Detail: err.Error()}})
 			}
 		}
 		orders, err := store.List(r.Context(), ListFilter{CustomerID: customer, After: after, Limit: limit + 1})

@@ -4,24 +4,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
-	"golang.org/x/text/currency"
 
 	"invoicing/shared/event"
 	"invoicing/shared/web"
 )
 
-// Limits of an order, checked before anything is stored.
+// Limits of an order's items; the limits of the fields its event carries
+// (customer id, amount, currency) are the rules of package event.
 const (
-	maxAmount     = 1_000_000_000_000 // 10^12 minor units
-	maxItems      = 100
-	maxQuantity   = 1_000_000
-	maxTextLength = 64
+	maxItems    = 100
+	maxQuantity = 1_000_000
 )
 
 // Order is a stored order, as the API returns it.
@@ -86,10 +81,10 @@ type itemRequest struct {
 	UnitPrice *int64  `json:"unitPrice"`
 }
 
-var currencyCode = regexp.MustCompile(`^[A-Z]{3}$`)
-
 // Validate checks every rule and fills the defaults: currency BRL when
-// absent, totalAmount as the sum of the items when absent.
+// absent, totalAmount as the sum of the items when absent. The rules of the
+// fields the event carries come from package event, which the consumer
+// parses with: whatever is accepted here is accepted there.
 func (r *createOrderRequest) Validate() []web.FieldError {
 	var errs []web.FieldError
 	add := func(field, format string, args ...any) {
@@ -97,22 +92,22 @@ func (r *createOrderRequest) Validate() []web.FieldError {
 	}
 	if r.CustomerID == nil {
 		add("customerId", "is required")
-	} else if msg := checkText(*r.CustomerID); msg != "" {
-		add("customerId", "%s", msg)
+	} else if err := event.CheckCustomerID(*r.CustomerID); err != nil {
+		add("customerId", "%v", err)
 	}
 	switch {
 	case !r.Currency.Set:
 		r.Currency = optionalString{Set: true, Value: event.DefaultCurrency}
-	case r.Currency.Null || !currencyCode.MatchString(r.Currency.Value):
+	case r.Currency.Null:
 		add("currency", "must be an ISO 4217 code of three capital letters, like BRL")
 	default:
-		if _, err := currency.ParseISO(r.Currency.Value); err != nil {
-			add("currency", "%q is not an ISO 4217 currency code", r.Currency.Value)
+		if err := event.CheckCurrency(r.Currency.Value); err != nil {
+			add("currency", "%v", err)
 		}
 	}
 
 	var sum int64
-	itemsOK := true
+	itemsOK, sumTooLarge := true, false
 	if r.Items != nil {
 		items := *r.Items
 		switch {
@@ -127,8 +122,8 @@ func (r *createOrderRequest) Validate() []web.FieldError {
 			f := func(name string) string { return fmt.Sprintf("items[%d].%s", i, name) }
 			if it.SKU == nil {
 				add(f("sku"), "is required")
-			} else if msg := checkText(*it.SKU); msg != "" {
-				add(f("sku"), "%s", msg)
+			} else if err := event.CheckText(*it.SKU); err != nil {
+				add(f("sku"), "%v", err)
 			}
 			switch {
 			case it.Quantity == nil:
@@ -142,26 +137,28 @@ func (r *createOrderRequest) Validate() []web.FieldError {
 			case it.UnitPrice == nil:
 				add(f("unitPrice"), "is required")
 				itemsOK = false
-			case *it.UnitPrice < 0 || *it.UnitPrice > maxAmount:
-				add(f("unitPrice"), "must be from 0 to %d", int64(maxAmount))
+			case *it.UnitPrice < 0 || *it.UnitPrice > event.MaxAmount:
+				add(f("unitPrice"), "must be from 0 to %d", int64(event.MaxAmount))
 				itemsOK = false
 			}
-			if itemsOK {
-				sum += *it.Quantity * *it.UnitPrice // both bounded: no overflow across 100 items
+			if itemsOK && !sumTooLarge {
+				sum, sumTooLarge = addLine(sum, *it.Quantity, *it.UnitPrice)
 			}
 		}
 	}
 
 	switch {
-	case r.TotalAmount != nil && (*r.TotalAmount < 1 || *r.TotalAmount > maxAmount):
-		add("totalAmount", "must be an integer number of minor units from 1 to %d", int64(maxAmount))
+	case r.TotalAmount != nil && event.CheckAmount(*r.TotalAmount) != nil:
+		add("totalAmount", "%v", event.CheckAmount(*r.TotalAmount))
 	case r.Items == nil && r.TotalAmount == nil:
 		add("totalAmount", "is required when items are not given")
+	case r.Items != nil && itemsOK && sumTooLarge:
+		add("items", "add up to more than %d; the total must be from 1 to %d", int64(event.MaxAmount), int64(event.MaxAmount))
 	case r.Items != nil && itemsOK && r.TotalAmount != nil && *r.TotalAmount != sum:
 		add("totalAmount", "is %d but the items add up to %d", *r.TotalAmount, sum)
 	case r.Items != nil && itemsOK && r.TotalAmount == nil:
-		if sum < 1 || sum > maxAmount {
-			add("items", "add up to %d; the total must be from 1 to %d", sum, int64(maxAmount))
+		if err := event.CheckAmount(sum); err != nil {
+			add("items", "add up to %d; the total must be from 1 to %d", sum, int64(event.MaxAmount))
 		} else {
 			r.TotalAmount = &sum
 		}
@@ -169,20 +166,16 @@ func (r *createOrderRequest) Validate() []web.FieldError {
 	return errs
 }
 
-func checkText(s string) string {
-	if !utf8.ValidString(s) {
-		return "must be valid UTF-8"
+// addLine adds quantity*unitPrice to sum, all non-negative, and reports
+// whether the result would exceed event.MaxAmount. It never computes a value
+// past the maximum, so nothing can wrap around int64 whatever the bounds of
+// a line: 100 lines of 10^6 * 10^12 add up to far more than int64 holds.
+func addLine(sum, quantity, unitPrice int64) (int64, bool) {
+	room := event.MaxAmount - sum
+	if quantity != 0 && unitPrice > room/quantity {
+		return sum, true
 	}
-	n := utf8.RuneCountInString(s)
-	if n < 1 || n > maxTextLength {
-		return fmt.Sprintf("must be 1 to %d characters", maxTextLength)
-	}
-	for _, c := range s {
-		if !unicode.IsPrint(c) {
-			return "must contain printable characters only"
-		}
-	}
-	return ""
+	return sum + quantity*unitPrice, false
 }
 
 // NewOrder returns a pending order for customer, as POST /orders creates it.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -188,9 +189,20 @@ func TestBadInput(t *testing.T) {
 		{"negative price", "POST", "/orders", `{"customerId":"a","items":[{"sku":"x","quantity":1,"unitPrice":-1}]}`, nil, 400, "items[0].unitPrice"},
 		{"missing sku", "POST", "/orders", `{"customerId":"a","items":[{"quantity":1,"unitPrice":1}]}`, nil, 400, "items[0].sku"},
 		{"items sum to zero", "POST", "/orders", `{"customerId":"a","items":[{"sku":"x","quantity":1,"unitPrice":0}]}`, nil, 400, "items"},
+		{"items over the maximum", "POST", "/orders", `{"customerId":"a","items":[{"sku":"x","quantity":2,"unitPrice":500000000000},{"sku":"y","quantity":1,"unitPrice":1}]}`, nil, 400, "items"},
+		{"items overflow int64 to 1000", "POST", "/orders", `{"customerId":"a","items":` + overflowingItems + `}`, nil, 400, "items"},
+		{"items overflow int64 to the total", "POST", "/orders", `{"customerId":"a","totalAmount":1000,"items":` + overflowingItems + `}`, nil, 400, "items"},
 		{"bad limit", "GET", "/orders?limit=1000", "", nil, 400, "limit"},
 		{"bad cursor", "GET", "/orders?cursor=!!", "", nil, 400, "cursor"},
 		{"bad customer filter", "GET", "/orders?customerId=%ff", "", nil, 400, "customerId"},
+		{"NUL customer filter", "GET", "/orders?customerId=%00", "", nil, 400, "customerId"},
+		{"NUL in customer filter", "GET", "/orders?customerId=a%00b", "", nil, 400, "customerId"},
+		{"long customer filter", "GET", "/orders?customerId=" + strings.Repeat("%E6%BC%A2", 65), "", nil, 400, "customerId"},
+		{"NUL cursor", "GET", "/orders?cursor=%00", "", nil, 400, "cursor"},
+		{"NUL limit", "GET", "/orders?limit=%00", "", nil, 400, "limit"},
+		{"invalid UTF-8 cursor", "GET", "/orders?cursor=%ff", "", nil, 400, "cursor"},
+		{"NUL id", "GET", "/orders/%00", "", nil, 400, "id"},
+		{"invalid UTF-8 id", "GET", "/orders/%ff", "", nil, 400, "id"},
 		{"empty idempotency key", "POST", "/orders", `{"customerId":"a","totalAmount":1}`, []string{"Idempotency-Key", " "}, 400, ""},
 	}
 	for _, tc := range cases {
@@ -295,36 +307,104 @@ func TestCreateIsOneTransaction(t *testing.T) {
 	}
 }
 
+type healthAnswer struct {
+	Status string
+	Checks map[string]string
+}
+
+func (s *service) health(t *testing.T, h http.Handler, path string) (int, healthAnswer, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	return rec.Code, decode[healthAnswer](t, rec), rec.Body.String()
+}
+
 func TestHealth(t *testing.T) {
 	s := newService(t, true)
-	rec := s.do("GET", "/health", "")
-	if rec.Code != http.StatusOK {
-		t.Fatalf("health: %d %s", rec.Code, rec.Body)
+	for _, path := range []string{"/health", "/health/ready"} {
+		code, h, body := s.health(t, s.handler, path)
+		if code != http.StatusOK || h.Status != "ok" || h.Checks["postgres"] != "ok" || h.Checks["rabbitmq"] != "ok" {
+			t.Errorf("%s: %d %s", path, code, body)
+		}
 	}
-	h := decode[struct {
-		Status string
-		Checks map[string]string
-	}](t, rec)
-	if h.Status != "ok" || h.Checks["postgres"] != "ok" || h.Checks["rabbitmq"] != "ok" {
-		t.Errorf("health = %+v", h)
+	if code, h, body := s.health(t, s.handler, "/health/live"); code != http.StatusOK || h.Status != "ok" {
+		t.Errorf("/health/live: %d %s", code, body)
 	}
+}
 
-	// With the broker unreachable the same endpoint answers 503 and names it.
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	dead := rabbit.NewSession("amqp://guest:guest@127.0.0.1:1/", "dead", log)
-	h503 := NewServer(log, s.store, 1<<20, map[string]web.Check{"postgres": s.pool.Ping, "rabbitmq": dead.Check})
-	rec = httptest.NewRecorder()
-	h503.ServeHTTP(rec, httptest.NewRequest("GET", "/health", nil))
-	if rec.Code != http.StatusServiceUnavailable {
-		t.Fatalf("health without broker: %d %s", rec.Code, rec.Body)
+// The outbox accepts orders while the broker is away, so the broker is not
+// part of readiness: it shows as unavailable, and the service stays ready.
+func TestReadyWhileTheBrokerIsUnreachable(t *testing.T) {
+	s := newService(t, false)
+	dead := rabbit.NewSession("amqp://guest:guest@127.0.0.1:1/", "dead", s.log)
+	t.Cleanup(func() { dead.Close() })
+	h := NewServer(s.log, s.store, 1<<20, map[string]web.Check{"postgres": s.pool.Ping, "rabbitmq": dead.Check})
+	for _, path := range []string{"/health", "/health/ready"} {
+		code, got, body := s.health(t, h, path)
+		if code != http.StatusOK || got.Status != "degraded" || got.Checks["postgres"] != "ok" || got.Checks["rabbitmq"] != "unavailable" {
+			t.Errorf("%s without broker: %d %s", path, code, body)
+		}
 	}
-	h = decode[struct {
-		Status string
-		Checks map[string]string
-	}](t, rec)
-	if h.Checks["postgres"] != "ok" || h.Checks["rabbitmq"] == "ok" {
-		t.Errorf("health without broker = %+v", h)
+	if rec := s.do("POST", "/orders", `{"customerId":"c","totalAmount":1}`); rec.Code != http.StatusCreated {
+		t.Errorf("POST without broker: %d %s", rec.Code, rec.Body)
 	}
+}
+
+// Without its database the service is not ready and says which check
+// failed, but the driver's error (host, port, user, database) goes to the
+// log only. The process itself still works: live stays 200.
+func TestNotReadyWithoutTheDatabase(t *testing.T) {
+	pool, err := pgxpool.New(context.Background(), "postgres://secretuser@127.0.0.1:1/secretdb?sslmode=disable&connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store := NewStore(pool, 1, 8)
+	defer store.Close()
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	h := NewServer(log, store, 1<<20, map[string]web.Check{"postgres": pool.Ping})
+	s := &service{}
+	var answers []string
+	for _, path := range []string{"/health", "/health/ready"} {
+		code, got, body := s.health(t, h, path)
+		if code != http.StatusServiceUnavailable || got.Status != "unavailable" || got.Checks["postgres"] != "unavailable" {
+			t.Errorf("%s without database: %d %s", path, code, body)
+		}
+		for _, secret := range []string{"secretuser", "secretdb", "127.0.0.1", ":1", "dial", "connect"} {
+			if strings.Contains(body, secret) {
+				t.Errorf("%s shows driver detail %q: %s", path, secret, body)
+			}
+		}
+		answers = append(answers, body)
+	}
+	if answers[0] != answers[1] {
+		t.Errorf("/health %s differs from /health/ready %s", answers[0], answers[1])
+	}
+	if !strings.Contains(logs.String(), "secretdb") {
+		t.Errorf("the log lacks the driver's error: %s", logs.String())
+	}
+	if code, got, body := s.health(t, h, "/health/live"); code != http.StatusOK || got.Status != "ok" {
+		t.Errorf("/health/live without database: %d %s", code, body)
+	}
+}
+
+// syncBuffer is a log destination that health checks write from goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // A batch that fails on one order is retried order by order: the bad one

@@ -30,7 +30,13 @@ func routes(log *slog.Logger, store *Store, bodyLimit int64, checks map[string]w
 	r.Handle("/orders", h(handleCreateOrder(store, bodyLimit))).Methods(http.MethodPost)
 	r.Handle("/orders", h(handleListOrders(store))).Methods(http.MethodGet)
 	r.Handle("/orders/{id}", h(handleGetOrder(store))).Methods(http.MethodGet)
-	r.Handle("/health", web.Health(checks)).Methods(http.MethodGet)
+	// Readiness is the database only: the outbox accepts orders while the
+	// broker is away, so a broker outage must not take the API out of the
+	// load balancer. The broker still shows in the answer.
+	ready := web.Ready(log, checks, "postgres")
+	r.Handle("/health/live", web.Live()).Methods(http.MethodGet)
+	r.Handle("/health/ready", ready).Methods(http.MethodGet)
+	r.Handle("/health", ready).Methods(http.MethodGet) // kept for existing probes
 	return r
 }
 

@@ -5,6 +5,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -41,7 +43,7 @@ func ReadCommon(r *Reader, defaultPort int, defaultDatabase string) Common {
 		LogLevel:        r.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		AutoMigrate:     r.Bool("AUTO_MIGRATE", true),
 		CreateDatabase:  r.Bool("CREATE_DATABASE", false),
-		PprofAddr:       r.String("PPROF_ADDR", ""),
+		PprofAddr:       r.LoopbackAddr("PPROF_ADDR", ""),
 	}
 }
 
@@ -129,6 +131,36 @@ func (r *Reader) Bool(name string, def bool) bool {
 		return def
 	}
 	return b
+}
+
+// LoopbackAddr returns the variable when it is host:port with a loopback
+// host (127.0.0.0/8, ::1, localhost). It is for listeners that must never
+// face the network, like pprof, which reveals memory contents and lets any
+// caller make the process spend CPU: ":6060" or "0.0.0.0:6060" would open
+// it on every interface, so they are errors, not a silent downgrade.
+func (r *Reader) LoopbackAddr(name, def string) string {
+	v, ok := r.lookup(name)
+	if !ok {
+		return def
+	}
+	host, port, err := net.SplitHostPort(v)
+	if err == nil {
+		var n int
+		n, err = strconv.Atoi(port)
+		if err == nil && (n < 0 || n > 65535) {
+			err = errors.New("port out of range")
+		}
+	}
+	if err == nil && (strings.EqualFold(host, "localhost") || isLoopbackIP(host)) {
+		return v
+	}
+	r.fail(name, v, "a loopback host:port, like 127.0.0.1:6060, [::1]:6060 or localhost:6060")
+	return def
+}
+
+func isLoopbackIP(host string) bool {
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // URL returns the variable when it parses as a URL with one of the schemes.

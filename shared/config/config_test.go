@@ -39,3 +39,39 @@ func TestReadCommon(t *testing.T) {
 		t.Errorf("error shows a password: %v", err)
 	}
 }
+
+// pprof must never listen beyond the machine: anything but a loopback
+// host is an error at start, not a listener on every interface.
+func TestPprofAddrIsLoopbackOnly(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:6060":   true,
+		"127.1.2.3:6060":   true,
+		"[::1]:6060":       true,
+		"localhost:6060":   true,
+		"LOCALHOST:6060":   true,
+		":6060":            false,
+		"0.0.0.0:6060":     false,
+		"[::]:6060":        false,
+		"10.0.0.5:6060":    false,
+		"192.168.1.1:6060": false,
+		"example.com:6060": false,
+		"localhost":        false,
+		"127.0.0.1":        false,
+		"127.0.0.1:http":   false,
+		"127.0.0.1:70000":  false,
+		"[fe80::1]:6060":   false,
+	} {
+		r := NewReader(func(k string) string { return map[string]string{"PPROF_ADDR": addr}[k] })
+		c := ReadCommon(r, 3333, "orders")
+		err := r.Err()
+		switch {
+		case ok && (err != nil || c.PprofAddr != addr):
+			t.Errorf("PPROF_ADDR=%q: %v, addr %q; want it accepted", addr, err, c.PprofAddr)
+		case !ok && (err == nil || !strings.Contains(err.Error(), "PPROF_ADDR=") || c.PprofAddr != ""):
+			t.Errorf("PPROF_ADDR=%q: %v, addr %q; want a config error and no listener", addr, err, c.PprofAddr)
+		}
+	}
+	if c := ReadCommon(NewReader(func(string) string { return "" }), 3333, "orders"); c.PprofAddr != "" {
+		t.Errorf("pprof is on by default at %q", c.PprofAddr)
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/google/uuid"
@@ -39,8 +38,6 @@ type OrderCreated struct {
 // ErrInvalid marks a message that can never be processed, whatever retries.
 var ErrInvalid = errors.New("invalid order.created message")
 
-var currencyPattern = regexp.MustCompile(`^[A-Z]{3}$`)
-
 // wire accepts every field either form may carry; pointers tell absent from zero.
 type wire struct {
 	EventID     *uuid.UUID       `json:"eventId"`
@@ -70,8 +67,11 @@ func Parse(body []byte) (OrderCreated, error) {
 	if w.OrderID == nil || *w.OrderID == uuid.Nil {
 		return OrderCreated{}, fmt.Errorf("%w: orderId is missing", ErrInvalid)
 	}
-	if w.Customer == nil || w.Customer.ID == "" || len(w.Customer.ID) > 64 {
-		return OrderCreated{}, fmt.Errorf("%w: customer.id is missing or longer than 64", ErrInvalid)
+	if w.Customer == nil {
+		return OrderCreated{}, fmt.Errorf("%w: customer is missing", ErrInvalid)
+	}
+	if err := CheckCustomerID(w.Customer.ID); err != nil {
+		return OrderCreated{}, fmt.Errorf("%w: customer.id %w", ErrInvalid, err)
 	}
 	if w.TotalAmount == nil {
 		return OrderCreated{}, fmt.Errorf("%w: totalAmount is missing", ErrInvalid)
@@ -85,8 +85,11 @@ func Parse(body []byte) (OrderCreated, error) {
 		return OrderCreated{}, fmt.Errorf("%w: totalAmount is not a number", ErrInvalid)
 	}
 	amount, err := n.Int64()
-	if err != nil || amount < 1 {
-		return OrderCreated{}, fmt.Errorf("%w: totalAmount %s is not a positive integer of minor units", ErrInvalid, n)
+	if err != nil {
+		return OrderCreated{}, fmt.Errorf("%w: totalAmount %s is not an integer of minor units", ErrInvalid, n)
+	}
+	if err := CheckAmount(amount); err != nil {
+		return OrderCreated{}, fmt.Errorf("%w: totalAmount %w", ErrInvalid, err)
 	}
 	e := OrderCreated{
 		Type:        TypeOrderCreated,
@@ -103,8 +106,8 @@ func Parse(body []byte) (OrderCreated, error) {
 		e.OccurredAt = *w.OccurredAt
 	}
 	if w.Currency != nil {
-		if !currencyPattern.MatchString(*w.Currency) {
-			return OrderCreated{}, fmt.Errorf("%w: currency %q is not an ISO 4217 code", ErrInvalid, *w.Currency)
+		if err := CheckCurrency(*w.Currency); err != nil {
+			return OrderCreated{}, fmt.Errorf("%w: currency %w", ErrInvalid, err)
 		}
 		e.Currency = *w.Currency
 	}

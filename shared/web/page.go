@@ -67,7 +67,9 @@ func NewPage[T any](rows []T, limit int, id func(T) uuid.UUID) Page[T] {
 func PathID(raw string) (uuid.UUID, error) {
 	id, err := uuid.Parse(raw)
 	if err != nil {
-		return uuid.Nil, Errorf(http.StatusBadRequest, "id %q is not a UUID", raw)
+		e := Errorf(http.StatusBadRequest, "id %q is not a UUID", raw)
+		e.Errors = []FieldError{{Field: "id", Detail: "must be a UUID"}}
+		return uuid.Nil, e
 	}
 	return id, nil
 }
