@@ -32,6 +32,12 @@ type Common struct {
 // deployments set BROKER_URL from a secret store.
 const LocalBrokerURL = "amqp://guest:guest@127.0.0.1:5672/"
 
+// LambdaRuntimeAPI is set by AWS Lambda (and its emulator) in every
+// function's environment. Its presence makes a binary a Lambda function,
+// and changes some defaults: one request at a time per container wants a
+// small pool, and migrations run once per deploy, not at every cold start.
+const LambdaRuntimeAPI = "AWS_LAMBDA_RUNTIME_API"
+
 // ReadCommon reads the shared settings with the service's own defaults.
 func ReadCommon(r *Reader, defaultPort int, defaultDatabase string) Common {
 	return Common{
@@ -41,7 +47,7 @@ func ReadCommon(r *Reader, defaultPort int, defaultDatabase string) Common {
 		ShutdownTimeout: r.Duration("SHUTDOWN_TIMEOUT", 20*time.Second, time.Second, 10*time.Minute),
 		BodyLimit:       int64(r.Int("BODY_LIMIT_BYTES", 1<<20, 1, 64<<20)),
 		LogLevel:        r.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
-		AutoMigrate:     r.Bool("AUTO_MIGRATE", true),
+		AutoMigrate:     r.Bool("AUTO_MIGRATE", !r.InLambda()),
 		CreateDatabase:  r.Bool("CREATE_DATABASE", false),
 		PprofAddr:       r.LoopbackAddr("PPROF_ADDR", ""),
 	}
@@ -55,6 +61,17 @@ type Reader struct {
 
 // NewReader returns a Reader over getenv (os.Getenv in production, a map in tests).
 func NewReader(getenv func(string) string) *Reader { return &Reader{getenv: getenv} }
+
+// InLambda reports whether the process runs as an AWS Lambda function.
+func (r *Reader) InLambda() bool { return r.getenv(LambdaRuntimeAPI) != "" }
+
+// ByMode returns server in a long-lived process, lambda in a Lambda function.
+func ByMode[T any](r *Reader, server, lambda T) T {
+	if r.InLambda() {
+		return lambda
+	}
+	return server
+}
 
 // Err returns every invalid setting seen so far, or nil.
 func (r *Reader) Err() error { return errors.Join(r.errs...) }
@@ -197,6 +214,9 @@ func Variables(read func(getenv func(string) string)) []string {
 	var names []string
 	seen := map[string]bool{}
 	read(func(name string) string {
+		if name == LambdaRuntimeAPI {
+			return "" // set by the platform, never by a deployment file
+		}
 		if !seen[name] {
 			seen[name] = true
 			names = append(names, name)

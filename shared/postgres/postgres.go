@@ -29,6 +29,9 @@ import (
 // new connection when the database URL sets no connect_timeout.
 const DefaultConnectTimeout = 5 * time.Second
 
+// DefaultPingTimeout bounds the health check of an idle connection before use.
+const DefaultPingTimeout = 2 * time.Second
+
 // Open returns a pool for url. configure, when not nil, can adjust the pool
 // config (size, tracer) before it is created. The pool is not pinged: a
 // service starts even while its database is briefly unreachable. A URL
@@ -41,6 +44,13 @@ func Open(ctx context.Context, url string, configure func(*pgxpool.Config)) (*pg
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
+	// pgxpool pings a connection that sat idle for over a second before
+	// handing it out (a Lambda container thawed after minutes, a server
+	// after a quiet night); bound that ping, so a connection that died
+	// meanwhile is replaced rather than waited on.
+	if cfg.PingTimeout == 0 {
+		cfg.PingTimeout = DefaultPingTimeout
 	}
 	if telemetry.Enabled() {
 		cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithSpanNameFunc(spanName), otelpgx.WithDisableAcquireTracer())

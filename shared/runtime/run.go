@@ -12,18 +12,15 @@ import (
 	"github.com/aws/aws-lambda-go/lambda"
 	"go.opentelemetry.io/contrib/instrumentation/github.com/aws/aws-lambda-go/otellambda"
 
+	"invoicing/shared/config"
 	"invoicing/shared/postgres"
 	"invoicing/shared/telemetry"
 )
 
-// LambdaRuntimeAPI is set by AWS Lambda (and its emulator) in every
-// function's environment; its presence is what makes a binary a function.
-const LambdaRuntimeAPI = "AWS_LAMBDA_RUNTIME_API"
-
 // Mode returns telemetry.ModeLambda inside AWS Lambda, telemetry.ModeServer
 // anywhere else.
 func Mode(getenv func(string) string) string {
-	if getenv(LambdaRuntimeAPI) != "" {
+	if getenv(config.LambdaRuntimeAPI) != "" {
 		return telemetry.ModeLambda
 	}
 	return telemetry.ModeServer
@@ -40,6 +37,9 @@ type Build func(ctx context.Context, base *Base) (Handlers, func(), error)
 // when AWS_LAMBDA_RUNTIME_API is set, as a Lambda function. The service
 // itself does not know which.
 func Run(ctx context.Context, s Service, args []string, getenv func(string) string, stdout io.Writer, build Build) error {
+	if IsHealthcheck(args) {
+		return Healthcheck(ctx, args, s.Config.Port, stdout)
+	}
 	s.DeploymentMode = Mode(getenv)
 	base, err := Start(ctx, s, args, getenv, stdout)
 	if err != nil {

@@ -59,6 +59,18 @@ func Start(ctx context.Context, s Service, args []string, getenv func(string) st
 
 // Close closes the pool and flushes telemetry.
 func (b *Base) Close() {
-	b.Pool.Close()
+	// Closing waits for every connection to finish, and pgx may spend up
+	// to 15 s cleaning up one that broke mid-query (an unreachable
+	// database); the process is exiting, so it waits only so long.
+	closed := make(chan struct{})
+	go func() { b.Pool.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(poolCloseTimeout):
+		b.Log.Warn("database connections still closing; exiting anyway")
+	}
 	b.Telemetry.Close(5*time.Second, b.Log)
 }
+
+// poolCloseTimeout bounds the wait for database connections at exit.
+const poolCloseTimeout = 3 * time.Second
