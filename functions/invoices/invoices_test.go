@@ -1,6 +1,7 @@
 package invoices
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,13 +31,55 @@ type service struct {
 	dbURL     string
 	brokerURL string
 	pool      *pgxpool.Pool // direct, for assertions
-	log       *slog.Logger
+	log       *slog.Logger  // writes to logs
+	logs      *logBuffer
 	pub       *amqp.Channel
+}
+
+// logBuffer keeps the JSON log lines of the test's consumers, so a test can
+// wait for what the consumer did (a failed attempt, a dead letter) instead
+// of sleeping.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// records returns the log records whose message contains msg.
+func (l *logBuffer) records(msg string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && strings.Contains(fmt.Sprint(rec["msg"]), msg) {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// count returns how many log lines contain s anywhere.
+func (l *logBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
 }
 
 func newService(t *testing.T) *service {
 	t.Helper()
-	s := &service{brokerURL: testenv.Vhost(t), log: slog.New(slog.DiscardHandler)}
+	logs := &logBuffer{}
+	s := &service{brokerURL: testenv.Vhost(t), logs: logs, log: slog.New(slog.NewJSONHandler(logs, nil))}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("consumer log:\n%s", logs.b.String())
+		}
+	})
 	s.dbURL, s.pool = testenv.MigratedDatabase(t, migrations.FS)
 	conn, err := amqp.Dial(s.brokerURL)
 	if err != nil {
@@ -55,16 +99,55 @@ func newService(t *testing.T) *service {
 // through a proxy) until the test ends.
 func (s *service) startConsumer(t *testing.T, dbURL, brokerURL string, batch int) {
 	t.Helper()
+	s.runConsumer(t, dbURL, brokerURL, batch, 0, nil)
+}
+
+// runConsumer runs a consumer with a prefetch of twice batch and the given
+// batch wait; wrap, when not nil, wraps its store. stop ends the consumer
+// as SIGTERM would and returns once Run returned and its connections
+// closed; it is also called when the test ends.
+func (s *service) runConsumer(t *testing.T, dbURL, brokerURL string, batch int, wait time.Duration, wrap func(*Store) issuer) (stop func()) {
+	t.Helper()
 	pool, err := postgres.Open(context.Background(), dbURL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var store issuer = &Store{pool: pool}
+	if wrap != nil {
+		store = wrap(&Store{pool: pool})
+	}
 	session := rabbit.NewSession(brokerURL, "invoices-test", s.log)
-	c := &Consumer{Session: session, Store: &Store{pool: pool}, Log: s.log, Prefetch: 2 * batch, BatchSize: batch}
-	ctx, stop := context.WithCancel(context.Background())
+	c := &Consumer{Session: session, Store: store, Log: s.log, Prefetch: 2 * batch, BatchSize: batch, BatchWait: wait}
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = c.Run(ctx); close(done) }()
-	t.Cleanup(func() { stop(); <-done; session.Close(); pool.Close() })
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done; session.Close(); pool.Close() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// dbProxy puts a proxy between the consumer and the test's database and
+// returns it with the database URL through it.
+func (s *service) dbProxy(t *testing.T) (*testenv.Proxy, string) {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(s.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port)
+	proxy := testenv.NewProxy(t, target)
+	return proxy, strings.Replace(s.dbURL, target, proxy.Addr(), 1)
+}
+
+// ready returns how many messages wait in queue "orders" (not delivered).
+func (s *service) ready(t *testing.T) int {
+	t.Helper()
+	q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Messages
 }
 
 func newEvent(customer string, amount int64) event.OrderCreated {
