@@ -301,18 +301,26 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 // and all are invoiced once it is back.
 func TestDatabaseOutageDeadLettersNothing(t *testing.T) {
 	s := newService(t)
-	cfg, _ := pgxpool.ParseConfig(s.dbURL)
-	proxy := testenv.NewProxy(t, fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port))
-	proxied := strings.Replace(s.dbURL, fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port), proxy.Addr(), 1)
+	proxy, proxied := s.dbProxy(t)
 	s.startConsumer(t, proxied, s.brokerURL, 10)
 
 	s.publishEvent(t, newEvent("before", 1))
 	s.waitInvoices(t, 1, 10*time.Second)
 	proxy.Cut()
-	for range 40 {
+	s.publishEvent(t, newEvent("during", 1))
+	testenv.Eventually(t, 20*time.Second, "a failed batch", func() bool { return s.logs.count("holding batch") > 0 })
+	// The consumer was cancelled before that batch was reported held: it
+	// takes no further deliveries, which would only spend their delivery
+	// limit when returned.
+	for range 39 {
 		s.publishEvent(t, newEvent("during", 1))
 	}
-	time.Sleep(1500 * time.Millisecond) // several failed attempts
+	testenv.Eventually(t, 10*time.Second, "39 messages left in the queue", func() bool { return s.ready(t) == 39 })
+	attempts := s.logs.count("holding batch")
+	testenv.Eventually(t, 20*time.Second, "more failed attempts", func() bool { return s.logs.count("holding batch") >= attempts+3 })
+	if r := s.ready(t); r != 39 {
+		t.Errorf("%d messages ready during the outage, want 39: deliveries were taken", r)
+	}
 	if n := s.invoiceCount(t); n != 1 {
 		t.Fatalf("%d invoices while the database was cut off", n)
 	}
@@ -343,7 +351,7 @@ func TestConsumerRecoversFromBrokerConnectionLoss(t *testing.T) {
 	for range 30 {
 		s.publishEvent(t, newEvent("during", 1))
 	}
-	time.Sleep(500 * time.Millisecond)
+	testenv.Eventually(t, 20*time.Second, "failed reconnects", func() bool { return s.logs.count("reconnecting") >= 2 })
 	proxy.Restore()
 	for range 10 {
 		s.publishEvent(t, newEvent("after", 1))
