@@ -295,6 +295,32 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		t.Errorf("%d invoices, want %d", n, good)
 	}
 	s.assertGapless(t)
+	// Exactly the poison messages are in orders.dead, rejected, unchanged.
+	dead := map[string]string{}
+	for _, d := range s.deadLettered(t) {
+		dead[d.MessageId] = string(d.Body)
+		if r := deathReason(d); r != "rejected" {
+			t.Errorf("%s dead-lettered for %q, want rejected", d.MessageId, r)
+		}
+	}
+	for name, body := range poison {
+		if got, ok := dead[name]; !ok || got != body {
+			t.Errorf("%s: dead letter %v %q, want body %q", name, ok, got, body)
+		}
+	}
+	if len(dead) != len(poison) {
+		t.Errorf("%d dead letters, want %d: %v", len(dead), len(poison), dead)
+	}
+	// Each one's log line names it and says why.
+	logged := map[string]string{}
+	for _, rec := range s.logs.records("message dead-lettered") {
+		logged[fmt.Sprint(rec["message_id"])] = fmt.Sprint(rec["reason"])
+	}
+	for name := range poison {
+		if reason := logged[name]; !strings.Contains(reason, event.ErrInvalid.Error()) {
+			t.Errorf("%s: logged reason %q, want it to name %q", name, reason, event.ErrInvalid)
+		}
+	}
 }
 
 // With the database unreachable, good messages wait; none is dead-lettered,
