@@ -267,7 +267,10 @@ func TestShutdownWhileDatabaseStalled(t *testing.T) {
 		s.publishEvent(t, newEvent("stall", int64(i+2)))
 	}
 	// The consumer took them and is stuck on the database.
-	testenv.Eventually(t, 20*time.Second, "deliveries taken", func() bool { return s.ready(t) == 0 })
+	testenv.Eventually(t, 20*time.Second, "the 5 deliveries in hand", func() bool {
+		ready, unacked := s.queueCounts(t)
+		return ready == 0 && unacked == 5
+	})
 	// Generous next to SHUTDOWN_TIMEOUT; without a deadline on the
 	// database the process never exits.
 	if err := proc.Stop(30 * time.Second); err != nil {
