@@ -18,6 +18,10 @@ type Config struct {
 	// delivery alone.
 	BatchWait  time.Duration
 	DBMaxConns int
+	// DBTimeout bounds each issuing transaction and the consumer's check
+	// that the database answers. Keep it below ShutdownTimeout: a batch in
+	// hand at SIGTERM gets this long to finish.
+	DBTimeout time.Duration
 }
 
 func loadConfig(getenv func(string) string) (Config, error) {
@@ -28,6 +32,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		BatchSize:  r.Int("BATCH_SIZE", 200, 1, 5000),
 		BatchWait:  r.Duration("BATCH_WAIT", 5*time.Millisecond, 0, time.Second),
 		DBMaxConns: r.Int("DB_MAX_CONNS", 8, 2, 1000),
+		DBTimeout:  r.Duration("DB_TIMEOUT", defaultDBTimeout, 100*time.Millisecond, 5*time.Minute),
 	}
 	if c.BatchSize > c.Prefetch {
 		c.BatchSize = c.Prefetch // a batch can never hold more than the broker hands out

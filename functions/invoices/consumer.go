@@ -23,12 +23,20 @@ import (
 
 type issuer interface {
 	Issue(ctx context.Context, events []event.OrderCreated) ([]Invoice, error)
+	Ping(ctx context.Context) error
 }
 
 // Consumer turns order.created deliveries from queue "orders" into invoices.
 // Deliveries are acked only after the transaction that issued their invoices
 // committed; a message that can never succeed is rejected without requeue,
 // which dead-letters it to "orders.dead".
+//
+// The quorum queue counts every delivery that comes back unacked (channel
+// closed, nack or reject with requeue) towards its delivery limit, and
+// dead-letters a message past it. So while the database cannot take
+// invoices the consumer takes no deliveries: it does not start consuming
+// until the database answers, and a batch that finds it failing cancels
+// the consumer and is held, not returned, until it goes through.
 type Consumer struct {
 	Session   *rabbit.Session
 	Store     issuer
@@ -36,7 +44,25 @@ type Consumer struct {
 	Prefetch  int
 	BatchSize int
 	BatchWait time.Duration
+	// DBTimeout bounds each issuing transaction and the readiness check, so
+	// a database that stopped answering (a black-holed connection) cannot
+	// hold a batch, or shutdown, forever. 0 means defaultDBTimeout.
+	DBTimeout time.Duration
 }
+
+const defaultDBTimeout = 10 * time.Second
+
+func (c *Consumer) dbTimeout() time.Duration {
+	if c.DBTimeout > 0 {
+		return c.DBTimeout
+	}
+	return defaultDBTimeout
+}
+
+// errPaused ends a consume whose consumer was cancelled while the database
+// failed, once the deliveries it had taken are settled; Run then consumes
+// again as soon as the database answers.
+var errPaused = errors.New("consumer paused while the database failed")
 
 func newBackoff() *backoff.ExponentialBackOff {
 	b := backoff.NewExponentialBackOff()
@@ -56,6 +82,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, errPaused) {
+			retry.Reset()
+			continue
+		}
 		if time.Since(start) > time.Minute {
 			retry.Reset() // it had been consuming: this is a new outage
 		}
@@ -71,8 +101,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 }
 
 // consume runs one channel's worth of consuming; it returns when the channel
-// closes or ctx ends.
+// closes or ctx ends, or once a consumer it cancelled has nothing in hand.
 func (c *Consumer) consume(ctx context.Context) error {
+	// Deliveries taken while the database is down could only be held until
+	// a restart or a channel close returns them, each return spending one
+	// of the message's deliveries (see Consumer).
+	if err := c.databaseReady(ctx); err != nil {
+		return fmt.Errorf("database unavailable; not consuming: %w", err)
+	}
 	ch, err := c.Session.Channel(ctx)
 	if err != nil {
 		return err
@@ -87,15 +123,30 @@ func (c *Consumer) consume(ctx context.Context) error {
 		return fmt.Errorf("consume %s: %w", rabbit.Queue, err)
 	}
 	c.Log.Info("consuming", "queue", rabbit.Queue, "prefetch", c.Prefetch, "batch_size", c.BatchSize)
+	paused := false
+	pause := func() {
+		if paused {
+			return
+		}
+		paused = true
+		// Deliveries already prefetched stay in hand and are handled once
+		// the database is back; the channel then closes the deliveries.
+		if err := ch.Cancel(tag, false); err != nil {
+			c.Log.Warn("cancel consumer", "err", err)
+		}
+	}
 	for {
 		batch, open := c.collect(ctx, deliveries)
 		if len(batch) > 0 {
 			// The batch in hand is finished even when shutdown begins meanwhile.
-			if err := c.handle(context.WithoutCancel(ctx), ctx, ch, batch); err != nil {
+			if err := c.handle(context.WithoutCancel(ctx), ctx, ch, batch, pause); err != nil {
 				return err
 			}
 		}
 		if !open {
+			if paused {
+				return errPaused
+			}
 			return errors.New("delivery channel closed")
 		}
 		if ctx.Err() != nil {
@@ -149,11 +200,40 @@ func (c *Consumer) collect(ctx context.Context, deliveries <-chan amqp.Delivery)
 	return batch, true
 }
 
+// databaseReady checks, within DBTimeout, that the database answers.
+func (c *Consumer) databaseReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.dbTimeout())
+	defer cancel()
+	return c.Store.Ping(ctx)
+}
+
+// issue runs one issuing transaction within DBTimeout. A retry of a held
+// batch also gives way to stop: only the first attempt at the batch in
+// hand is always seen through, so that shutdown acks what it can.
+func (c *Consumer) issue(ctx, stop context.Context, retry bool, events []event.OrderCreated) ([]Invoice, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.dbTimeout())
+	defer cancel()
+	if retry {
+		defer context.AfterFunc(stop, cancel)()
+	}
+	return c.Store.Issue(ctx, events)
+}
+
+// refusedForData reports whether err means the message itself can never be
+// issued, whatever the retries: it is invalid, or the database refused its
+// values (see postgres.IsDataError). Everything else is held and retried.
+func refusedForData(err error) bool {
+	return errors.Is(err, event.ErrInvalid) || postgres.IsDataError(err)
+}
+
 // handle issues the invoices of one batch and settles its deliveries.
-// Database outages are retried with backoff, holding the deliveries (no
-// nack, so the delivery limit is not spent) until the database is back or
-// stop ends; then they are left unacked for redelivery.
-func (c *Consumer) handle(ctx, stop context.Context, ch *amqp.Channel, batch []amqp.Delivery) error {
+// When the database refuses the batch for its data, each message is issued
+// alone and the ones refused are dead-lettered. Any other failure (an
+// outage, a timeout, a read-only or half-migrated database) holds the
+// deliveries, unacked and with the consumer cancelled through pause, and
+// retries with backoff until the database takes them or stop ends; then
+// they are left unacked for redelivery.
+func (c *Consumer) handle(ctx, stop context.Context, ch *amqp.Channel, batch []amqp.Delivery, pause func()) error {
 	events := make([]event.OrderCreated, 0, len(batch))
 	good := make([]amqp.Delivery, 0, len(batch))
 	spans := make([]trace.Span, 0, len(batch))
@@ -194,22 +274,37 @@ func (c *Consumer) handle(ctx, stop context.Context, ch *amqp.Channel, batch []a
 	batchCtx, batchSpan := tracer.Start(trace.ContextWithSpan(ctx, spans[0]), "issue invoices",
 		trace.WithLinks(links...), trace.WithAttributes(semconv.MessagingBatchMessageCount(len(good))))
 	defer batchSpan.End()
+	// held is what is still in hand; spans stays whole for the deferred End.
+	held, heldSpans, heldEvents := good, spans, events
 	retry := newBackoff()
-	for {
-		issued, err := c.Store.Issue(batchCtx, events)
+	for attempt := 0; ; attempt++ {
+		issued, err := c.issue(batchCtx, stop, attempt > 0, heldEvents)
 		if err == nil {
-			c.Log.DebugContext(batchCtx, "batch issued", "deliveries", len(good), "invoices", len(issued))
-			if err := ch.Ack(good[len(good)-1].DeliveryTag, true); err != nil {
+			c.Log.DebugContext(batchCtx, "batch issued", "deliveries", len(held), "invoices", len(issued))
+			if err := ch.Ack(held[len(held)-1].DeliveryTag, true); err != nil {
 				return fmt.Errorf("ack batch: %w", err)
 			}
-			recordIssued(ctx, events, issued)
+			recordIssued(ctx, heldEvents, issued)
 			return nil
 		}
-		if !postgres.IsUnavailable(err) {
-			return c.handleOneByOne(batchCtx, ch, good, spans, events, err)
+		if refusedForData(err) {
+			var settled int
+			settled, err = c.handleOneByOne(batchCtx, ch, held, heldSpans, heldEvents, err)
+			if err == nil {
+				return nil
+			}
+			if settled < 0 {
+				return err
+			}
+			// The database failed for a reason of its own part way: hold
+			// the rest like any other failed batch.
+			held, heldSpans, heldEvents = held[settled:], heldSpans[settled:], heldEvents[settled:]
 		}
+		// Stop taking deliveries before saying so, so that whoever reads
+		// the log line may count on none being taken after it.
+		pause()
 		delay := retry.NextBackOff()
-		c.Log.WarnContext(batchCtx, "database unavailable; holding batch", "deliveries", len(good), "err", err, "retry_in", delay.String())
+		c.Log.WarnContext(batchCtx, "database unavailable; holding batch", "deliveries", len(held), "err", err, "retry_in", delay.String())
 		select {
 		case <-stop.Done():
 			return fmt.Errorf("shutdown while the database is unavailable: %w", err)
@@ -242,26 +337,28 @@ func recordIssued(ctx context.Context, events []event.OrderCreated, issued []Inv
 func outcome(v string) attribute.KeyValue { return attribute.String("outcome", v) }
 
 // handleOneByOne isolates the message a batch failed on: each event is
-// issued alone, and the ones the database refuses for their content are
-// dead-lettered.
-func (c *Consumer) handleOneByOne(ctx context.Context, ch *amqp.Channel, good []amqp.Delivery, spans []trace.Span, events []event.OrderCreated, batchErr error) error {
+// issued alone, and the ones the database refuses for their data are
+// dead-lettered. When an event fails for any other reason it stops and
+// returns that error with how many deliveries it settled, the rest being
+// still in hand; settled is -1 when the channel failed.
+func (c *Consumer) handleOneByOne(ctx context.Context, ch *amqp.Channel, good []amqp.Delivery, spans []trace.Span, events []event.OrderCreated, batchErr error) (settled int, err error) {
 	c.Log.WarnContext(ctx, "batch refused; issuing one by one", "deliveries", len(good), "err", batchErr)
 	for i, d := range good {
 		one := trace.ContextWithSpan(ctx, spans[i])
-		issued, err := c.Store.Issue(one, events[i:i+1])
+		issued, err := c.issue(one, ctx, false, events[i:i+1])
 		switch {
 		case err == nil:
 			if err := d.Ack(false); err != nil {
-				return fmt.Errorf("ack: %w", err)
+				return -1, fmt.Errorf("ack: %w", err)
 			}
 			recordIssued(one, events[i:i+1], issued)
-		case postgres.IsUnavailable(err):
-			return fmt.Errorf("database unavailable: %w", err) // unacked: redelivered later
-		default:
+		case refusedForData(err):
 			c.reject(one, spans[i], d, err)
+		default:
+			return i, err
 		}
 	}
-	return nil
+	return len(good), nil
 }
 
 func (c *Consumer) reject(ctx context.Context, span trace.Span, d amqp.Delivery, reason error) {

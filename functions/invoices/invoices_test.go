@@ -1,6 +1,7 @@
 package invoices
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,13 +31,55 @@ type service struct {
 	dbURL     string
 	brokerURL string
 	pool      *pgxpool.Pool // direct, for assertions
-	log       *slog.Logger
+	log       *slog.Logger  // writes to logs
+	logs      *logBuffer
 	pub       *amqp.Channel
+}
+
+// logBuffer keeps the JSON log lines of the test's consumers, so a test can
+// wait for what the consumer did (a failed attempt, a dead letter) instead
+// of sleeping.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// records returns the log records whose message contains msg.
+func (l *logBuffer) records(msg string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && strings.Contains(fmt.Sprint(rec["msg"]), msg) {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// count returns how many log lines contain s anywhere.
+func (l *logBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
 }
 
 func newService(t *testing.T) *service {
 	t.Helper()
-	s := &service{brokerURL: testenv.Vhost(t), log: slog.New(slog.DiscardHandler)}
+	logs := &logBuffer{}
+	s := &service{brokerURL: testenv.Vhost(t), logs: logs, log: slog.New(slog.NewJSONHandler(logs, nil))}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("consumer log:\n%s", logs.b.String())
+		}
+	})
 	s.dbURL, s.pool = testenv.MigratedDatabase(t, migrations.FS)
 	conn, err := amqp.Dial(s.brokerURL)
 	if err != nil {
@@ -55,16 +99,55 @@ func newService(t *testing.T) *service {
 // through a proxy) until the test ends.
 func (s *service) startConsumer(t *testing.T, dbURL, brokerURL string, batch int) {
 	t.Helper()
+	s.runConsumer(t, dbURL, brokerURL, batch, 0, nil)
+}
+
+// runConsumer runs a consumer with a prefetch of twice batch and the given
+// batch wait; wrap, when not nil, wraps its store. stop ends the consumer
+// as SIGTERM would and returns once Run returned and its connections
+// closed; it is also called when the test ends.
+func (s *service) runConsumer(t *testing.T, dbURL, brokerURL string, batch int, wait time.Duration, wrap func(*Store) issuer) (stop func()) {
+	t.Helper()
 	pool, err := postgres.Open(context.Background(), dbURL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var store issuer = &Store{pool: pool}
+	if wrap != nil {
+		store = wrap(&Store{pool: pool})
+	}
 	session := rabbit.NewSession(brokerURL, "invoices-test", s.log)
-	c := &Consumer{Session: session, Store: &Store{pool: pool}, Log: s.log, Prefetch: 2 * batch, BatchSize: batch}
-	ctx, stop := context.WithCancel(context.Background())
+	c := &Consumer{Session: session, Store: store, Log: s.log, Prefetch: 2 * batch, BatchSize: batch, BatchWait: wait}
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = c.Run(ctx); close(done) }()
-	t.Cleanup(func() { stop(); <-done; session.Close(); pool.Close() })
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done; session.Close(); pool.Close() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// dbProxy puts a proxy between the consumer and the test's database and
+// returns it with the database URL through it.
+func (s *service) dbProxy(t *testing.T) (*testenv.Proxy, string) {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(s.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port)
+	proxy := testenv.NewProxy(t, target)
+	return proxy, strings.Replace(s.dbURL, target, proxy.Addr(), 1)
+}
+
+// ready returns how many messages wait in queue "orders" (not delivered).
+func (s *service) ready(t *testing.T) int {
+	t.Helper()
+	q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Messages
 }
 
 func newEvent(customer string, amount int64) event.OrderCreated {
@@ -212,24 +295,58 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		t.Errorf("%d invoices, want %d", n, good)
 	}
 	s.assertGapless(t)
+	// Exactly the poison messages are in orders.dead, rejected, unchanged.
+	dead := map[string]string{}
+	for _, d := range s.deadLettered(t) {
+		dead[d.MessageId] = string(d.Body)
+		if r := deathReason(d); r != "rejected" {
+			t.Errorf("%s dead-lettered for %q, want rejected", d.MessageId, r)
+		}
+	}
+	for name, body := range poison {
+		if got, ok := dead[name]; !ok || got != body {
+			t.Errorf("%s: dead letter %v %q, want body %q", name, ok, got, body)
+		}
+	}
+	if len(dead) != len(poison) {
+		t.Errorf("%d dead letters, want %d: %v", len(dead), len(poison), dead)
+	}
+	// Each one's log line names it and says why.
+	logged := map[string]string{}
+	for _, rec := range s.logs.records("message dead-lettered") {
+		logged[fmt.Sprint(rec["message_id"])] = fmt.Sprint(rec["reason"])
+	}
+	for name := range poison {
+		if reason := logged[name]; !strings.Contains(reason, event.ErrInvalid.Error()) {
+			t.Errorf("%s: logged reason %q, want it to name %q", name, reason, event.ErrInvalid)
+		}
+	}
 }
 
 // With the database unreachable, good messages wait; none is dead-lettered,
 // and all are invoiced once it is back.
 func TestDatabaseOutageDeadLettersNothing(t *testing.T) {
 	s := newService(t)
-	cfg, _ := pgxpool.ParseConfig(s.dbURL)
-	proxy := testenv.NewProxy(t, fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port))
-	proxied := strings.Replace(s.dbURL, fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port), proxy.Addr(), 1)
+	proxy, proxied := s.dbProxy(t)
 	s.startConsumer(t, proxied, s.brokerURL, 10)
 
 	s.publishEvent(t, newEvent("before", 1))
 	s.waitInvoices(t, 1, 10*time.Second)
 	proxy.Cut()
-	for range 40 {
+	s.publishEvent(t, newEvent("during", 1))
+	testenv.Eventually(t, 20*time.Second, "a failed batch", func() bool { return s.logs.count("holding batch") > 0 })
+	// The consumer was cancelled before that batch was reported held: it
+	// takes no further deliveries, which would only spend their delivery
+	// limit when returned.
+	for range 39 {
 		s.publishEvent(t, newEvent("during", 1))
 	}
-	time.Sleep(1500 * time.Millisecond) // several failed attempts
+	testenv.Eventually(t, 10*time.Second, "39 messages left in the queue", func() bool { return s.ready(t) == 39 })
+	attempts := s.logs.count("holding batch")
+	testenv.Eventually(t, 20*time.Second, "more failed attempts", func() bool { return s.logs.count("holding batch") >= attempts+3 })
+	if r := s.ready(t); r != 39 {
+		t.Errorf("%d messages ready during the outage, want 39: deliveries were taken", r)
+	}
 	if n := s.invoiceCount(t); n != 1 {
 		t.Fatalf("%d invoices while the database was cut off", n)
 	}
@@ -260,7 +377,7 @@ func TestConsumerRecoversFromBrokerConnectionLoss(t *testing.T) {
 	for range 30 {
 		s.publishEvent(t, newEvent("during", 1))
 	}
-	time.Sleep(500 * time.Millisecond)
+	testenv.Eventually(t, 20*time.Second, "failed reconnects", func() bool { return s.logs.count("reconnecting") >= 2 })
 	proxy.Restore()
 	for range 10 {
 		s.publishEvent(t, newEvent("after", 1))

@@ -43,7 +43,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	store := &Store{pool: pool}
 	consumer := &Consumer{
 		Session: session, Store: store, Log: log,
-		Prefetch: cfg.Prefetch, BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait,
+		Prefetch: cfg.Prefetch, BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, DBTimeout: cfg.DBTimeout,
 	}
 	if err := registerLag(session); err != nil {
 		return err

@@ -81,6 +81,9 @@ func (s *Store) Issue(ctx context.Context, events []event.OrderCreated) ([]Invoi
 	return issued, nil
 }
 
+// Ping reports whether the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
 // lockCounterSQL locks this year's counter (UTC, by the transaction's
 // clock) and reads it, creating it at 0 on the year's first invoice.
 const lockCounterSQL = `

@@ -155,6 +155,23 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS, log *slog.Logg
 	return nil
 }
 
+// IsDataError reports whether err is PostgreSQL refusing a statement for
+// the data it carries: SQLSTATE class 22 (data exception: a value out of
+// range, malformed or too long) or class 23 (integrity constraint
+// violation: check, not null, foreign key, unique, exclusion). Sending the
+// same data again cannot succeed, so a caller may give up on it. Every
+// other error may pass with time and is worth retrying: an unreachable
+// server, a read-only transaction on a replica promoted late after a
+// failover (25006), a table a migration has not created yet (42P01), an
+// internal error (XX000), a timeout.
+func IsDataError(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	return strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23")
+}
+
 // IsUnavailable reports whether err means the database could not be reached
 // or the connection broke, as opposed to a statement being rejected. Callers
 // retry the former and treat the latter as a fault of the data.
