@@ -31,7 +31,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		Prefetch:   r.Int("PREFETCH", 500, 1, 65535),
 		BatchSize:  r.Int("BATCH_SIZE", 200, 1, 5000),
 		BatchWait:  r.Duration("BATCH_WAIT", 5*time.Millisecond, 0, time.Second),
-		DBMaxConns: r.Int("DB_MAX_CONNS", 8, 2, 1000),
+		DBMaxConns: r.Int("DB_MAX_CONNS", config.ByMode(r, 8, 2), 2, 1000),
 		DBTimeout:  r.Duration("DB_TIMEOUT", defaultDBTimeout, 100*time.Millisecond, 5*time.Minute),
 	}
 	if c.BatchSize > c.Prefetch {

@@ -48,6 +48,11 @@ type Consumer struct {
 	// a database that stopped answering (a black-holed connection) cannot
 	// hold a batch, or shutdown, forever. 0 means defaultDBTimeout.
 	DBTimeout time.Duration
+	// Publisher dead-letters, in Lambda mode, the messages of an event
+	// source mapping's batch that can never be processed.
+	Publisher interface {
+		Publish(ctx context.Context, msgs []rabbit.Message) error
+	}
 }
 
 const defaultDBTimeout = 10 * time.Second
@@ -233,7 +238,7 @@ func refusedForData(err error) bool {
 // deliveries, unacked and with the consumer cancelled through pause, and
 // retries with backoff until the database takes them or stop ends; then
 // they are left unacked for redelivery.
-func (c *Consumer) handle(ctx, stop context.Context, ch *amqp.Channel, batch []amqp.Delivery, pause func()) error {
+func (c *Consumer) handle(ctx, stop context.Context, ch settler, batch []amqp.Delivery, pause func()) error {
 	events := make([]event.OrderCreated, 0, len(batch))
 	good := make([]amqp.Delivery, 0, len(batch))
 	spans := make([]trace.Span, 0, len(batch))
@@ -316,6 +321,14 @@ func (c *Consumer) handle(ctx, stop context.Context, ch *amqp.Channel, batch []a
 	}
 }
 
+// settler settles the deliveries of a batch once their invoices are
+// committed: an AMQP channel, or, in Lambda, the batch an event source
+// mapping delivered.
+type settler interface {
+	Ack(tag uint64, multiple bool) error
+	IsClosed() bool
+}
+
 // recordIssued counts a batch's outcomes and each new invoice's latency
 // from its order's creation.
 func recordIssued(ctx context.Context, events []event.OrderCreated, issued []Invoice) {
@@ -341,7 +354,7 @@ func outcome(v string) attribute.KeyValue { return attribute.String("outcome", v
 // dead-lettered. When an event fails for any other reason it stops and
 // returns that error with how many deliveries it settled, the rest being
 // still in hand; settled is -1 when the channel failed.
-func (c *Consumer) handleOneByOne(ctx context.Context, ch *amqp.Channel, good []amqp.Delivery, spans []trace.Span, events []event.OrderCreated, batchErr error) (settled int, err error) {
+func (c *Consumer) handleOneByOne(ctx context.Context, ch settler, good []amqp.Delivery, spans []trace.Span, events []event.OrderCreated, batchErr error) (settled int, err error) {
 	c.Log.WarnContext(ctx, "batch refused; issuing one by one", "deliveries", len(good), "err", batchErr)
 	for i, d := range good {
 		one := trace.ContextWithSpan(ctx, spans[i])
