@@ -73,6 +73,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 // consume runs one channel's worth of consuming; it returns when the channel
 // closes or ctx ends.
 func (c *Consumer) consume(ctx context.Context) error {
+	// The last channel may have ended because queue "orders" was deleted
+	// (the broker cancels its consumers) or Consume found it missing; the
+	// connection only declares the topology when it is dialed.
+	if err := c.Session.Redeclare(ctx); err != nil {
+		return err
+	}
 	ch, err := c.Session.Channel(ctx)
 	if err != nil {
 		return err
