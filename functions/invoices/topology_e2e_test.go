@@ -89,7 +89,9 @@ func TestTopologyDeletedUnderRunningServices(t *testing.T) {
 
 	// Without its binding, the queue gets nothing from exchange "orders":
 	// the broker returns the relay's mandatory publishes.
-	run(func(ch *amqp.Channel) error { return ch.QueueUnbind(rabbit.Queue, rabbit.RoutingKeyOrderCreated, rabbit.Exchange, nil) })
+	run(func(ch *amqp.Channel) error {
+		return ch.QueueUnbind(rabbit.Queue, rabbit.RoutingKeyOrderCreated, rabbit.Exchange, nil)
+	})
 	post(20, "after-unbind")
 
 	// Both at once: the relay's publishes are returned and the consumer is
