@@ -114,6 +114,12 @@ func (c *Consumer) consume(ctx context.Context) error {
 	if err := c.databaseReady(ctx); err != nil {
 		return fmt.Errorf("database unavailable; not consuming: %w", err)
 	}
+	// The last channel may have ended because queue "orders" was deleted
+	// (the broker cancels its consumers) or Consume found it missing; the
+	// connection only declares the topology when it is dialed.
+	if err := c.Session.Redeclare(ctx); err != nil {
+		return err
+	}
 	ch, err := c.Session.Channel(ctx)
 	if err != nil {
 		return err

@@ -32,6 +32,9 @@ func (c *Consumer) Drain(ctx context.Context) (DrainResult, error) {
 	if err := c.databaseReady(ctx); err != nil {
 		return res, fmt.Errorf("database unavailable; not draining: %w", err)
 	}
+	if err := c.Session.Redeclare(ctx); err != nil { // the queue may have been deleted
+		return res, err
+	}
 	ch, err := c.Session.Channel(ctx)
 	if err != nil {
 		return res, err

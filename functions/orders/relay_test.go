@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,9 +44,14 @@ func (s *service) createOrders(t *testing.T, n int, customer string) []Order {
 
 // receiver consumes queue "orders" of a vhost and keeps every delivery.
 type receiver struct {
+	ch   *amqp.Channel
+	done chan struct{} // closed once the deliveries channel closed
+
 	mu   sync.Mutex
 	msgs []amqp.Delivery
 }
+
+const receiverTag = "receiver"
 
 func receive(t *testing.T, brokerURL string) *receiver {
 	t.Helper()
@@ -60,12 +67,13 @@ func receive(t *testing.T, brokerURL string) *receiver {
 	if err := rabbit.Declare(ch); err != nil {
 		t.Fatal(err)
 	}
-	deliveries, err := ch.Consume(rabbit.Queue, "", true, false, false, false, nil)
+	deliveries, err := ch.Consume(rabbit.Queue, receiverTag, true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &receiver{}
+	r := &receiver{ch: ch, done: make(chan struct{})}
 	go func() {
+		defer close(r.done)
 		for d := range deliveries {
 			r.mu.Lock()
 			r.msgs = append(r.msgs, d)
@@ -73,6 +81,76 @@ func receive(t *testing.T, brokerURL string) *receiver {
 		}
 	}()
 	return r
+}
+
+// stop cancels the consumer and returns every delivery it got. amqp091
+// closes the deliveries channel after the broker's cancel-ok, which follows
+// every delivery sent before it, so nothing is still on its way.
+func (r *receiver) stop(t *testing.T) []amqp.Delivery {
+	t.Helper()
+	if err := r.ch.Cancel(receiverTag, false); err != nil {
+		t.Fatal(err)
+	}
+	<-r.done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]amqp.Delivery(nil), r.msgs...)
+}
+
+// ready returns the number of messages waiting in queue "orders".
+func ready(t *testing.T, brokerURL string) int {
+	t.Helper()
+	conn, err := amqp.Dial(brokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Messages
+}
+
+// logRecorder is a slog handler that keeps every record, so tests can wait
+// for what the relay reports instead of sleeping.
+type logRecorder struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.records = append(l.records, r.Clone())
+	return nil
+}
+func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logRecorder) WithGroup(string) slog.Handler      { return l }
+
+// matching returns the records whose message contains msg, each as its
+// attributes by key.
+func (l *logRecorder) matching(msg string) []map[string]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]string
+	for _, r := range l.records {
+		if !strings.Contains(r.Message, msg) {
+			continue
+		}
+		attrs := map[string]string{}
+		r.Attrs(func(a slog.Attr) bool {
+			attrs[a.Key] = a.Value.String()
+			return true
+		})
+		out = append(out, attrs)
+	}
+	return out
 }
 
 // byOrder waits until every order has arrived and returns the deliveries per order id.
@@ -142,15 +220,50 @@ func TestRelayPublishesWithPropertiesAndMarksRows(t *testing.T) {
 	}
 }
 
+// rendezvous makes the first Publish of each of two relays wait until the
+// other relay is inside a Publish too, so a test proves that both claimed a
+// batch at the same time: with FOR UPDATE but no SKIP LOCKED, the second
+// relay's claim waits for the first relay's rows, and the first relay's
+// publish times out here waiting for it.
+type rendezvous struct {
+	arrived [2]chan struct{}
+	once    [2]sync.Once
+}
+
+func newRendezvous() *rendezvous {
+	return &rendezvous{arrived: [2]chan struct{}{make(chan struct{}), make(chan struct{})}}
+}
+
+type meetingPublisher struct {
+	*rabbit.Publisher
+	r    *rendezvous
+	self int
+}
+
+func (p meetingPublisher) Publish(ctx context.Context, msgs []rabbit.Message) error {
+	first := false
+	p.r.once[p.self].Do(func() { first = true; close(p.r.arrived[p.self]) })
+	if first {
+		select {
+		case <-p.r.arrived[1-p.self]:
+		case <-time.After(20 * time.Second):
+			return fmt.Errorf("relay %d: the other relay never published while this one did", p.self)
+		}
+	}
+	return p.Publisher.Publish(ctx, msgs)
+}
+
 func TestTwoRelaysPublishEachRowOnce(t *testing.T) {
 	s := newService(t, true)
 	orders := s.createOrders(t, 300, "cust")
-	recv := receive(t, s.brokerURL)
+	// No consumer yet: the queue keeps what the relays publish, to be counted.
+	meet := newRendezvous()
 	var wg sync.WaitGroup
 	counts := make([]int, 2)
 	for i := range 2 {
 		relay, session := s.relay(s.brokerURL, 10)
 		defer session.Close()
+		relay.Publisher = meetingPublisher{Publisher: relay.Publisher.(*rabbit.Publisher), r: meet, self: i}
 		wg.Go(func() {
 			n, err := relay.Sweep(context.Background())
 			if err != nil {
@@ -160,20 +273,15 @@ func TestTwoRelaysPublishEachRowOnce(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if counts[0]+counts[1] != len(orders) {
-		t.Errorf("relays published %v, want %d in all", counts, len(orders))
+	if counts[0] == 0 || counts[1] == 0 || counts[0]+counts[1] != len(orders) {
+		t.Errorf("relays published %v, want both some and %d in all", counts, len(orders))
 	}
-	if counts[0] == 0 || counts[1] == 0 {
-		t.Logf("one relay did all the work: %v", counts)
+	// Every publish was confirmed before Sweep returned, so the queue holds
+	// all of them now: exactly one message per order means no duplicate.
+	if n := ready(t, s.brokerURL); n != len(orders) {
+		t.Errorf("queue holds %d messages for %d orders", n, len(orders))
 	}
-	got := recv.byOrder(t, orders, 10*time.Second)
-	time.Sleep(200 * time.Millisecond) // a duplicate would arrive by now
-	recv.mu.Lock()
-	total := len(recv.msgs)
-	recv.mu.Unlock()
-	if total != len(orders) {
-		t.Errorf("received %d messages for %d orders", total, len(orders))
-	}
+	got := receive(t, s.brokerURL).byOrder(t, orders, 10*time.Second)
 	for id, ds := range got {
 		if len(ds) != 1 {
 			t.Errorf("order %s published %d times", id, len(ds))
@@ -191,6 +299,8 @@ func TestRelayRecoversFromBrokerOutage(t *testing.T) {
 	proxied.Host = proxy.Addr()
 	relay, session := s.relay(proxied.String(), 50)
 	defer session.Close()
+	logs := &logRecorder{}
+	relay.Log = slog.New(logs)
 	recv := receive(t, s.brokerURL)
 
 	ctx, stop := context.WithCancel(context.Background())
@@ -202,8 +312,11 @@ func TestRelayRecoversFromBrokerOutage(t *testing.T) {
 	recv.byOrder(t, before, 10*time.Second)
 
 	proxy.Cut()
+	failures := len(logs.matching("outbox relay failed"))
 	during := s.createOrders(t, 50, "during") // every one answered 201 by createOrders
-	time.Sleep(300 * time.Millisecond)        // the relay tries and fails meanwhile
+	testenv.Eventually(t, 10*time.Second, "the relay to try and fail", func() bool {
+		return len(logs.matching("outbox relay failed")) > failures
+	})
 	var waiting int
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&waiting); err != nil {
 		t.Fatal(err)

@@ -13,8 +13,13 @@
 //	    routing_key  text        NOT NULL,
 //	    body         bytea       NOT NULL,
 //	    headers      jsonb       NOT NULL DEFAULT '{}',
-//	    created_at   timestamptz NOT NULL DEFAULT now()
+//	    created_at   timestamptz NOT NULL DEFAULT now(),
+//	    attempts     int         NOT NULL DEFAULT 0,
+//	    last_error   text
 //	);
+//
+// and, for rows the relay gave up on, a table outbox_failed with the same
+// columns (id without identity, last_error NOT NULL) and failed_at.
 package outbox
 
 import (

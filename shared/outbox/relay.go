@@ -47,6 +47,33 @@ type Relay struct {
 	// Workers is how many batches Run publishes at once, so that one
 	// batch's wait for confirms overlaps another's; at least 1.
 	Workers int
+	// MaxAttempts is how many publishes of a row may fail because of the
+	// row itself (see rabbit.IsMessageFault) before the row is set aside
+	// in outbox_failed; 0 means DefaultMaxAttempts.
+	MaxAttempts int
+	// Meter makes the relay's instruments; nil means the global provider's.
+	Meter metric.Meter
+
+	metricsOnce sync.Once
+	setAside    metric.Int64Counter
+}
+
+// DefaultMaxAttempts is MaxAttempts when it is not set. Attempts are a sweep
+// apart, so a row is set aside only after failing for several Intervals.
+const DefaultMaxAttempts = 5
+
+func (r *Relay) meter() metric.Meter {
+	if r.Meter != nil {
+		return r.Meter
+	}
+	return otel.Meter("invoicing/shared/outbox")
+}
+
+func (r *Relay) instruments() {
+	r.metricsOnce.Do(func() {
+		r.setAside, _ = r.meter().Int64Counter("outbox.set_aside", metric.WithUnit("{row}"),
+			metric.WithDescription("Outbox rows moved to outbox_failed after repeated failures of their own"))
+	})
 }
 
 var noopSpan = trace.SpanFromContext(context.Background())
@@ -71,18 +98,48 @@ WHERE id IN (
     ORDER BY id
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
-RETURNING id, event_id, event_type, exchange, routing_key, body, headers, created_at`
+RETURNING id, event_id, event_type, exchange, routing_key, body, headers, created_at, attempts`
+
+// retrySQL puts a row that failed by itself back, under its own id so it
+// keeps its place, with one more attempt counted.
+const retrySQL = `
+INSERT INTO outbox (id, event_id, event_type, exchange, routing_key, body, headers, created_at, attempts, last_error)
+OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
+
+// setAsideSQL moves a row that failed by itself MaxAttempts times where an
+// operator sees it.
+const setAsideSQL = `
+INSERT INTO outbox_failed (id, event_id, event_type, exchange, routing_key, body, headers, created_at, attempts, last_error)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`
 
 type row struct {
 	id        int64
 	msg       Message
 	createdAt time.Time
+	attempts  int
 }
 
 // PublishBatch claims up to BatchSize rows, deleting them, publishes them,
 // and commits only after the broker confirmed them all. It returns how many
 // rows it published.
+//
+// When the batch fails because of one of its messages (rabbit.IsMessageFault)
+// rather than the broker, it publishes the rows one at a time, so that a row
+// that can never be published does not hold back the rows behind it: that
+// row goes back into the outbox with its attempt counted, or, after
+// MaxAttempts, into outbox_failed. Any other failure rolls the whole batch
+// back, uncounted.
 func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
+	r.instruments()
+	var setAside []row
+	defer func() {
+		if err == nil {
+			for _, x := range setAside {
+				r.setAside.Add(ctx, 1, metric.WithAttributes(attribute.String("messaging.destination.name", x.msg.Exchange)))
+			}
+		}
+	}()
 	start := time.Now()
 	var span trace.Span = noopSpan
 	defer func() {
@@ -104,7 +161,7 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 			var err error
 			batch, err = pgx.CollectRows(rows, func(cr pgx.CollectableRow) (row, error) {
 				var x row
-				err := cr.Scan(&x.id, &x.msg.EventID, &x.msg.Type, &x.msg.Exchange, &x.msg.RoutingKey, &x.msg.Body, &x.msg.Headers, &x.createdAt)
+				err := cr.Scan(&x.id, &x.msg.EventID, &x.msg.Type, &x.msg.Exchange, &x.msg.RoutingKey, &x.msg.Body, &x.msg.Headers, &x.createdAt, &x.attempts)
 				return x, err
 			})
 			return err
@@ -128,18 +185,70 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 				Timestamp: x.createdAt, Body: x.msg.Body,
 			}
 		}
-		pctx, cancel := context.WithTimeout(ctx, r.PublishTimeout)
-		defer cancel()
-		if err := r.Publisher.Publish(pctx, msgs); err != nil {
+		err := r.publish(ctx, msgs)
+		if err == nil {
+			n = len(batch)
+			return nil
+		}
+		if !rabbit.IsMessageFault(err) {
 			return fmt.Errorf("publish %d events: %w", len(msgs), err)
 		}
-		n = len(batch)
+		r.Log.WarnContext(ctx, "outbox batch failed on a message; publishing one at a time", "rows", len(batch), "err", err)
+		for i, x := range batch {
+			err := r.publish(ctx, msgs[i:i+1])
+			if err == nil {
+				n++
+				continue
+			}
+			if !rabbit.IsMessageFault(err) {
+				return fmt.Errorf("publish event %s: %w", x.msg.EventID, err)
+			}
+			aside, err := r.fail(ctx, tx, x, err)
+			if err != nil {
+				return err
+			}
+			if aside {
+				setAside = append(setAside, x)
+			}
+		}
 		return nil
 	})
 	if err != nil {
 		n = 0
 	}
 	return n, err
+}
+
+func (r *Relay) publish(ctx context.Context, msgs []rabbit.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, r.PublishTimeout)
+	defer cancel()
+	return r.Publisher.Publish(ctx, msgs)
+}
+
+// fail records a failure of row x's own in tx: the row goes back into the
+// outbox with one more attempt, or into outbox_failed once it has had
+// MaxAttempts. It reports whether the row was set aside.
+func (r *Relay) fail(ctx context.Context, tx pgx.Tx, x row, cause error) (bool, error) {
+	attempts := x.attempts + 1
+	limit := r.MaxAttempts
+	if limit <= 0 {
+		limit = DefaultMaxAttempts
+	}
+	args := []any{x.id, x.msg.EventID, x.msg.Type, x.msg.Exchange, x.msg.RoutingKey, x.msg.Body, x.msg.Headers, x.createdAt, attempts, cause.Error()}
+	if attempts < limit {
+		if _, err := tx.Exec(ctx, retrySQL, args...); err != nil {
+			return false, fmt.Errorf("put back outbox row %d: %w", x.id, err)
+		}
+		r.Log.WarnContext(ctx, "outbox event failed; will retry", "event_id", x.msg.EventID, "outbox_id", x.id,
+			"attempts", attempts, "max_attempts", limit, "err", cause)
+		return false, nil
+	}
+	if _, err := tx.Exec(ctx, setAsideSQL, args...); err != nil {
+		return false, fmt.Errorf("set aside outbox row %d: %w", x.id, err)
+	}
+	r.Log.ErrorContext(ctx, "outbox event set aside in outbox_failed", "event_id", x.msg.EventID, "outbox_id", x.id,
+		"event_type", x.msg.Type, "exchange", x.msg.Exchange, "routing_key", x.msg.RoutingKey, "attempts", attempts, "err", cause)
+	return true, nil
 }
 
 // Sweep publishes batches until no unpublished row is left or ctx ends. It
@@ -255,10 +364,11 @@ func (r *Relay) work(ctx context.Context, wake chan struct{}) {
 	}
 }
 
-// RegisterMetrics reports the outbox backlog (unpublished rows) and the age
-// of its oldest row each time metrics are collected.
+// RegisterMetrics reports the outbox backlog (unpublished rows), the age of
+// its oldest row and the rows set aside in outbox_failed each time metrics
+// are collected.
 func (r *Relay) RegisterMetrics() error {
-	meter := otel.Meter("invoicing/shared/outbox")
+	meter := r.meter()
 	backlog, err := meter.Int64ObservableGauge("outbox.backlog", metric.WithUnit("{row}"),
 		metric.WithDescription("Outbox rows not yet published"))
 	if err != nil {
@@ -269,19 +379,26 @@ func (r *Relay) RegisterMetrics() error {
 	if err != nil {
 		return err
 	}
+	failed, err := meter.Int64ObservableGauge("outbox.failed", metric.WithUnit("{row}"),
+		metric.WithDescription("Outbox rows set aside in outbox_failed, waiting for an operator"))
+	if err != nil {
+		return err
+	}
 	_, err = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		var rows int64
+		var rows, aside int64
 		var oldest float64
 		if err := r.Pool.QueryRow(ctx, `
-			SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-			FROM outbox`).Scan(&rows, &oldest); err != nil {
+			SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8,
+			       (SELECT count(*) FROM outbox_failed)
+			FROM outbox`).Scan(&rows, &oldest, &aside); err != nil {
 			return fmt.Errorf("measure outbox backlog: %w", err)
 		}
 		o.ObserveInt64(backlog, rows)
 		o.ObserveFloat64(age, oldest)
+		o.ObserveInt64(failed, aside)
 		return nil
-	}, backlog, age)
+	}, backlog, age, failed)
 	return err
 }

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -71,8 +73,10 @@ type Session struct {
 	name string
 	log  *slog.Logger
 
-	mu   sync.Mutex
-	conn *amqp.Connection
+	mu      sync.Mutex
+	conn    *amqp.Connection
+	raw     net.Conn     // conn's socket, closed to abandon conn
+	blocked *atomic.Bool // conn is under the broker's flow control
 }
 
 // NewSession returns a Session for url; name is shown in the broker's
@@ -82,6 +86,7 @@ func NewSession(url, name string, log *slog.Logger) *Session {
 }
 
 // Connection returns the open connection, dialing a new one when needed.
+// Dialing and declaring end when ctx does.
 func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -94,27 +99,98 @@ func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 	}
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(s.name)
+	var raw net.Conn
 	conn, err := amqp.DialConfig(s.url, amqp.Config{
 		Heartbeat:  10 * time.Second,
 		Locale:     "en_US",
 		Properties: props,
-		Dial:       amqp.DefaultDial(timeout),
+		Dial: func(network, addr string) (net.Conn, error) {
+			c, err := amqp.DefaultDial(timeout)(network, addr)
+			raw = c
+			return c, err
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dial broker: %w", err)
 	}
+	// The handshake had a deadline; opening a channel and declaring have
+	// none, so a broker that stops answering now would hold them forever.
+	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
 	ch, err := conn.Channel()
 	if err == nil {
 		err = Declare(ch)
 		_ = ch.Close()
 	}
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
 	if err != nil {
-		_ = conn.Close()
+		_ = raw.Close() // conn.Close would wait for a broker that may not answer
 		return nil, fmt.Errorf("declare topology: %w", err)
 	}
+	blocked := &atomic.Bool{}
+	blocks := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
+	go func() {
+		// The library closes blocks when the connection closes.
+		for b := range blocks {
+			blocked.Store(b.Active)
+			if b.Active {
+				s.log.Warn("broker blocked the connection (flow control)", "connection", s.name, "reason", b.Reason)
+			} else {
+				s.log.Info("broker unblocked the connection", "connection", s.name)
+			}
+		}
+	}()
 	s.log.Info("broker connected", "connection", s.name)
-	s.conn = conn
+	s.conn, s.raw, s.blocked = conn, raw, blocked
 	return conn, nil
+}
+
+// Abandon closes conn's socket without the close handshake, when conn is
+// still the session's connection: a broker that stopped answering would
+// hold amqp091's Close (which waits for close-ok) and any blocked write
+// forever. Everything waiting on conn fails at once; the next call dials.
+func (s *Session) Abandon(conn *amqp.Connection) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != conn || s.conn == nil {
+		return
+	}
+	_ = s.raw.Close()
+	s.conn, s.raw, s.blocked = nil, nil, nil
+	s.log.Warn("broker connection abandoned", "connection", s.name)
+}
+
+// Blocked reports whether the broker has blocked the connection
+// (connection.blocked, sent under a memory or disk alarm): publishes would
+// stall in a socket write until it lifts.
+func (s *Session) Blocked() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.blocked != nil && s.blocked.Load()
+}
+
+// Redeclare declares the topology again on the open connection. Callers use
+// it when the broker says that part of it is gone (a publish returned
+// unroutable, a channel closed with 404, a consumer cancelled), since the
+// connection only declares when it is dialed. It ends when ctx does.
+func (s *Session) Redeclare(ctx context.Context) error {
+	conn, err := s.Connection(ctx)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { s.Abandon(conn) })
+	defer stop()
+	ch, err := conn.Channel()
+	if err != nil {
+		return errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
+	}
+	defer ch.Close()
+	if err := Declare(ch); err != nil {
+		return errors.Join(fmt.Errorf("declare topology again: %w", err), ctx.Err())
+	}
+	s.log.Info("broker topology declared again", "connection", s.name)
+	return nil
 }
 
 // Channel opens a new channel on the session's connection.
@@ -139,6 +215,10 @@ func (s *Session) Check(ctx context.Context) error {
 	return ch.Close()
 }
 
+// closeTimeout bounds the close handshake: a broker that stopped answering
+// must not hold a shutdown.
+const closeTimeout = 5 * time.Second
+
 // Close closes the connection, if any.
 func (s *Session) Close() error {
 	s.mu.Lock()
@@ -146,8 +226,8 @@ func (s *Session) Close() error {
 	if s.conn == nil {
 		return nil
 	}
-	err := s.conn.Close()
-	s.conn = nil
+	err := s.conn.CloseDeadline(time.Now().Add(closeTimeout))
+	s.conn, s.raw, s.blocked = nil, nil, nil
 	if errors.Is(err, amqp.ErrClosed) {
 		return nil
 	}
@@ -168,17 +248,63 @@ type Message struct {
 	Headers    amqp.Table
 }
 
-// Publisher publishes persistent messages on confirm-mode channels. A batch
-// is sent as a window: every message goes out before any confirm is awaited.
-// Concurrent Publish calls each use a channel of their own (kept for reuse),
-// so their confirm waits overlap.
+// Publisher publishes persistent, mandatory messages on confirm-mode
+// channels. A batch is sent as a window: every message goes out before any
+// confirm is awaited. Concurrent Publish calls each use a channel of their
+// own (kept for reuse), so their confirm waits overlap.
 type Publisher struct {
 	session *Session
 	tracer  trace.Tracer
 	confirm metric.Float64Histogram
 
 	mu   sync.Mutex
-	idle []*amqp.Channel
+	idle []*confirmChannel
+}
+
+// confirmChannel is a confirm-mode channel with its listeners, registered
+// once since amqp091 cannot remove them.
+type confirmChannel struct {
+	conn    *amqp.Connection
+	ch      *amqp.Channel
+	returns chan amqp.Return
+	closes  chan *amqp.Error
+}
+
+// returnBuffer holds basic.return frames until Publish reads them. amqp091
+// drops a return its listener does not take within 5 s; Publish reads them
+// while it sends and waits, so this only absorbs bursts.
+const returnBuffer = 256
+
+// ErrBlocked is returned while the broker has blocked the connection.
+var ErrBlocked = errors.New("broker connection blocked by flow control")
+
+// ErrNacked is returned when the broker refused a message (basic.nack), for
+// instance because the queue is full and rejects publishes. The message
+// itself may be fine.
+var ErrNacked = errors.New("broker refused the message")
+
+// ReturnedError reports messages the broker confirmed but returned as
+// unroutable (mandatory publish with no queue bound for them): they were
+// dropped, not delivered.
+type ReturnedError struct {
+	MessageIDs []string
+	Code       uint16
+	Text       string
+}
+
+func (e *ReturnedError) Error() string {
+	return fmt.Sprintf("broker returned %d message(s) as unroutable (%d %s), first %s", len(e.MessageIDs), e.Code, e.Text, e.MessageIDs[0])
+}
+
+// IsMessageFault reports whether err is one a message can cause by itself,
+// as opposed to a broker outage, a timeout or a nack: it was returned as
+// unroutable, or its exchange does not exist (404 closes the channel).
+// Publish reports such an error only after declaring the topology again
+// succeeded, so a topology deleted by an operator heals on the next publish.
+func IsMessageFault(err error) bool {
+	var ret *ReturnedError
+	var amqpErr *amqp.Error
+	return errors.As(err, &ret) || errors.As(err, &amqpErr) && amqpErr.Code == amqp.NotFound
 }
 
 // NewPublisher returns a Publisher on s.
@@ -188,48 +314,92 @@ func NewPublisher(s *Session) *Publisher {
 	return &Publisher{session: s, tracer: otel.Tracer(instrumentation), confirm: confirm}
 }
 
-// Publish sends msgs and returns nil only when the broker confirmed every one.
-// On error some messages may have been delivered; callers publish again, and
-// consumers deduplicate.
+// Publish sends msgs and returns nil only when the broker confirmed every
+// one and returned none. On error some messages may have been delivered;
+// callers publish again, and consumers deduplicate. Publish returns when ctx
+// ends even if the broker stopped answering or blocked the connection: it
+// then abandons the connection, so callers must bound ctx.
 func (p *Publisher) Publish(ctx context.Context, msgs []Message) error {
-	ch, err := p.channel(ctx)
+	c, err := p.channel(ctx)
 	if err != nil {
 		return err
 	}
-	if err := p.publish(ctx, ch, msgs); err != nil {
-		_ = ch.Close() // its confirms are out of step now
-		return err
+	if p.session.Blocked() {
+		// A publish would block in a socket write until the alarm clears;
+		// fail now and let the caller back off with its rows intact.
+		p.release(c)
+		return ErrBlocked
 	}
+	// Nothing below honours ctx by itself: a socket write blocks while the
+	// broker does not read, and Channel.Close waits for close-ok.
+	stop := context.AfterFunc(ctx, func() { p.session.Abandon(c.conn) })
+	defer stop()
+	err = p.publish(ctx, c, msgs)
+	if err == nil {
+		p.release(c)
+		return nil
+	}
+	var ret *ReturnedError
+	if errors.As(err, &ret) {
+		p.release(c) // every confirm arrived: the channel is in step
+	} else {
+		_ = c.ch.Close() // its confirms are out of step now
+	}
+	if ctx.Err() != nil {
+		return errors.Join(err, ctx.Err())
+	}
+	if IsMessageFault(err) {
+		// A deleted queue, binding or exchange: declare it again so that
+		// the next publish succeeds. Until that works the fault cannot be
+		// blamed on the message.
+		if derr := p.session.Redeclare(ctx); derr != nil {
+			return fmt.Errorf("%v; %w", err, derr)
+		}
+	}
+	return err
+}
+
+func (p *Publisher) release(c *confirmChannel) {
 	p.mu.Lock()
-	p.idle = append(p.idle, ch)
+	p.idle = append(p.idle, c)
 	p.mu.Unlock()
-	return nil
 }
 
 // channel returns an idle open channel, or a new one in confirm mode.
-func (p *Publisher) channel(ctx context.Context) (*amqp.Channel, error) {
+func (p *Publisher) channel(ctx context.Context) (*confirmChannel, error) {
 	p.mu.Lock()
 	for len(p.idle) > 0 {
-		ch := p.idle[len(p.idle)-1]
+		c := p.idle[len(p.idle)-1]
 		p.idle = p.idle[:len(p.idle)-1]
-		if !ch.IsClosed() {
+		if !c.ch.IsClosed() {
 			p.mu.Unlock()
-			return ch, nil
+			return c, nil
 		}
 	}
 	p.mu.Unlock()
-	ch, err := p.session.Channel(ctx)
+	conn, err := p.session.Connection(ctx)
 	if err != nil {
 		return nil, err
 	}
+	stop := context.AfterFunc(ctx, func() { p.session.Abandon(conn) })
+	defer stop()
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
+	}
 	if err := ch.Confirm(false); err != nil {
 		_ = ch.Close()
-		return nil, fmt.Errorf("enable confirms: %w", err)
+		return nil, errors.Join(fmt.Errorf("enable confirms: %w", err), ctx.Err())
 	}
-	return ch, nil
+	return &confirmChannel{
+		conn:    conn,
+		ch:      ch,
+		returns: ch.NotifyReturn(make(chan amqp.Return, returnBuffer)),
+		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+	}, nil
 }
 
-func (p *Publisher) publish(ctx context.Context, ch *amqp.Channel, msgs []Message) error {
+func (p *Publisher) publish(ctx context.Context, c *confirmChannel, msgs []Message) error {
 	pending := make([]*amqp.DeferredConfirmation, 0, len(msgs))
 	spans := make([]trace.Span, 0, len(msgs))
 	sent := make([]time.Time, 0, len(msgs))
@@ -244,6 +414,29 @@ func (p *Publisher) publish(ctx context.Context, ch *amqp.Channel, msgs []Messag
 			span.SetStatus(codes.Error, err.Error())
 		}
 		return err
+	}
+	// The broker sends a message's basic.return before its basic.ack, and
+	// amqp091 hands the return to our buffered channel before it processes
+	// the ack; so once an ack is seen, draining finds every return before it.
+	// A return carries no delivery tag: messages are matched by message id.
+	returns := c.returns
+	returned := map[string]amqp.Return{}
+	take := func(r amqp.Return, ok bool) {
+		if !ok {
+			returns = nil // the channel closed; its confirms fail too
+			return
+		}
+		returned[r.MessageId] = r
+	}
+	drain := func() {
+		for returns != nil {
+			select {
+			case r, ok := <-returns:
+				take(r, ok)
+			default:
+				return
+			}
+		}
 	}
 	for _, m := range msgs {
 		parent := m.Context
@@ -261,7 +454,9 @@ func (p *Publisher) publish(ctx context.Context, ch *amqp.Channel, msgs []Messag
 			headers[k] = v
 		}
 		otel.GetTextMapPropagator().Inject(trace.ContextWithSpan(ctx, span), HeaderCarrier(headers))
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, false, false, amqp.Publishing{
+		// Mandatory: a message no queue takes is returned rather than
+		// confirmed and dropped.
+		dc, err := c.ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.RoutingKey, true, false, amqp.Publishing{
 			ContentType:  "application/json",
 			DeliveryMode: amqp.Persistent,
 			MessageId:    m.MessageID,
@@ -271,20 +466,56 @@ func (p *Publisher) publish(ctx context.Context, ch *amqp.Channel, msgs []Messag
 			Body:         m.Body,
 		})
 		if err != nil {
-			return fail(fmt.Errorf("publish %s: %w", m.MessageID, err))
+			return fail(errors.Join(fmt.Errorf("publish %s: %w", m.MessageID, err), channelError(c)))
 		}
 		pending = append(pending, dc)
 		sent = append(sent, time.Now())
+		drain()
 	}
+	var unroutable *ReturnedError
 	for i, dc := range pending {
-		acked, err := dc.WaitContext(ctx)
-		if err != nil {
-			return fail(fmt.Errorf("await confirm of %s: %w", msgs[i].MessageID, err))
+		for waiting := true; waiting; {
+			select {
+			case <-dc.Done():
+				waiting = false
+			case r, ok := <-returns:
+				take(r, ok)
+			case <-ctx.Done():
+				return fail(fmt.Errorf("await confirm of %s: %w", msgs[i].MessageID, ctx.Err()))
+			}
 		}
-		if !acked {
-			return fail(fmt.Errorf("broker refused %s", msgs[i].MessageID))
+		drain()
+		if !dc.Acked() {
+			if err := channelError(c); err != nil {
+				return fail(fmt.Errorf("publish %s: %w", msgs[i].MessageID, err))
+			}
+			return fail(fmt.Errorf("%w: %s", ErrNacked, msgs[i].MessageID))
+		}
+		if r, ok := returned[msgs[i].MessageID]; ok {
+			if unroutable == nil {
+				unroutable = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText}
+			}
+			unroutable.MessageIDs = append(unroutable.MessageIDs, msgs[i].MessageID)
+			continue
 		}
 		p.confirm.Record(ctx, time.Since(sent[i]).Seconds())
 	}
+	if unroutable != nil {
+		return fail(unroutable)
+	}
 	return nil
+}
+
+// channelError returns why c's channel closed, or nil while it is open.
+// amqp091 sends the reason before it fails the pending confirms.
+func channelError(c *confirmChannel) error {
+	select {
+	case e, ok := <-c.closes:
+		if ok && e != nil {
+			return e
+		}
+		return amqp.ErrClosed
+	default:
+		return nil
+	}
 }
