@@ -103,6 +103,12 @@ func try(scratch string, m mutation, timeout time.Duration) result {
 		return result{m: m, outcome: "does not apply", detail: fmt.Sprintf("snippet found %d times in %s, want once", n, m.File)}
 	}
 	mutated := bytes.Replace(orig, []byte(m.Old), []byte(m.New), 1)
+	for _, e := range m.Also {
+		if n := bytes.Count(mutated, []byte(e.Old)); n != 1 {
+			return result{m: m, outcome: "does not apply", detail: fmt.Sprintf("snippet %q found %d times in %s, want once", e.Old, n, m.File)}
+		}
+		mutated = bytes.Replace(mutated, []byte(e.Old), []byte(e.New), 1)
+	}
 	if err := os.WriteFile(path, mutated, 0o644); err != nil {
 		return result{m: m, outcome: "does not apply", detail: err.Error()}
 	}

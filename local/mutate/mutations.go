@@ -7,9 +7,13 @@ type mutation struct {
 	File    string
 	Old     string
 	New     string
+	Also    []edit // further edits of the same file, for bugs that take more than one
 	Package string
 	Run     string
 }
+
+// edit replaces Old, found exactly once, with New.
+type edit struct{ Old, New string }
 
 var mutations = []mutation{
 	{
@@ -155,5 +159,70 @@ var mutations = []mutation{
 		New:     "if stop.Err() != nil {\n\t\t\t\treturn nil\n\t\t\t}\n\t\t\tif err := ch.Ack(held[len(held)-1].DeliveryTag, true); err != nil {",
 		Package: "./functions/invoices/",
 		Run:     "TestConsumerStopsGracefully|TestShutdownFinishesBatchInHand",
+	},
+	{
+		Name:    "relay stops waiting for publisher confirms",
+		File:    "shared/rabbit/rabbit.go",
+		Old:     "\t\tfor waiting := true; waiting; {",
+		New:     "\t\tfor waiting := false; waiting; {",
+		Also:    []edit{{Old: "\t\tif !dc.Acked() {", New: "\t\tif false {"}},
+		Package: "./functions/orders/",
+		Run:     "^TestRelayKeepsRowsTheBrokerNacks$",
+	},
+	{
+		Name:    "relay claim without SKIP LOCKED",
+		File:    "shared/outbox/relay.go",
+		Old:     "    FOR UPDATE SKIP LOCKED)",
+		New:     "    FOR UPDATE)",
+		Package: "./functions/orders/",
+		Run:     "^TestTwoRelaysPublishEachRowOnce$",
+	},
+	{
+		Name:    "publishes not mandatory",
+		File:    "shared/rabbit/rabbit.go",
+		Old:     "m.Exchange, m.RoutingKey, true, false, amqp.Publishing{",
+		New:     "m.Exchange, m.RoutingKey, false, false, amqp.Publishing{",
+		Package: "./functions/orders/",
+		Run:     "^TestRelaySetsAsidePoisonRows$",
+	},
+	{
+		Name:    "returned messages ignored",
+		File:    "shared/rabbit/rabbit.go",
+		Old:     "\t\treturned[r.MessageId] = r",
+		New:     "\t\t_ = r",
+		Package: "./functions/orders/",
+		Run:     "^TestRelaySetsAsidePoisonRows$",
+	},
+	{
+		Name:    "unpublishable rows never set aside",
+		File:    "shared/outbox/relay.go",
+		Old:     "\tif attempts < limit {",
+		New:     "\tif true {",
+		Package: "./functions/orders/",
+		Run:     "^TestRelaySetsAsidePoisonRows$",
+	},
+	{
+		Name:    "publish timeout does not abandon a stalled connection",
+		File:    "shared/rabbit/rabbit.go",
+		Old:     "\tstop := context.AfterFunc(ctx, func() { p.session.Abandon(c.conn) })",
+		New:     "\tstop := func() bool { return true }",
+		Package: "./functions/orders/",
+		Run:     "^TestRelayPublishTimesOutOnStalledBroker$",
+	},
+	{
+		Name:    "consumer does not re-declare a deleted queue",
+		File:    "functions/invoices/consumer.go",
+		Old:     "\tif err := c.Session.Redeclare(ctx); err != nil {\n\t\treturn err\n\t}\n\tch, err := c.Session.Channel(ctx)",
+		New:     "\tch, err := c.Session.Channel(ctx)",
+		Package: "./functions/invoices/",
+		Run:     "^TestTopologyDeletedUnderRunningServices$",
+	},
+	{
+		Name:    "relay does not re-declare after a returned message",
+		File:    "shared/rabbit/rabbit.go",
+		Old:     "\t\tif derr := p.session.Redeclare(ctx); derr != nil {",
+		New:     "\t\tif derr := error(nil); derr != nil {",
+		Package: "./functions/invoices/",
+		Run:     "^TestTopologyDeletedUnderRunningServices$",
 	},
 }
