@@ -225,4 +225,12 @@ var mutations = []mutation{
 		Package: "./functions/invoices/",
 		Run:     "^TestTopologyDeletedUnderRunningServices$",
 	},
+	{
+		Name:    "Lambda REST path rebuilt from Kong's route prefix",
+		File:    "shared/runtime/lambda.go",
+		Old:     `if e.RequestContext.APIID == "" || !strings.Contains(e.Resource, "{") {`,
+		New:     `if !strings.Contains(e.Resource, "{") && false {`,
+		Package: "./kong/",
+		Run:     "TestLambdaTargetAnswersLikeTheContainers",
+	},
 }
