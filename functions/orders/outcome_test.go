@@ -488,7 +488,7 @@ func TestUnconfirmedCommitBehindAPoolerIsNotDeniedWhileItCanLand(t *testing.T) {
 				t.Errorf("problem %+v, want nothing was stored", p)
 			}
 			if stored != 0 {
-				t.Errorf("answered %q, but the late COMMIT stored %d orders", p.Detail, stored)
+				t.Errorf("answered %q; the late COMMIT stored %d orders", p.Detail, stored)
 			}
 			t.Logf("answered %d in %s: %s", rec.Code, answered, p.Detail)
 		})
