@@ -33,7 +33,9 @@ type proxied struct {
 	proxy *testenv.Proxy
 }
 
-func newProxiedService(t *testing.T, writers, maxBatch int, timeouts Timeouts) *proxied {
+// newProxiedService starts the service; setup, if any, adjusts the proxy
+// before the service's pool connects through it.
+func newProxiedService(t *testing.T, writers, maxBatch int, timeouts Timeouts, setup ...func(*testenv.Proxy)) *proxied {
 	t.Helper()
 	url, direct := testenv.MigratedDatabase(t, migrations.FS)
 	u, err := neturl.Parse(url)
@@ -41,6 +43,9 @@ func newProxiedService(t *testing.T, writers, maxBatch int, timeouts Timeouts) *
 		t.Fatal(err)
 	}
 	proxy := testenv.NewProxy(t, u.Host)
+	for _, f := range setup {
+		f(proxy)
+	}
 	u.Host = proxy.Addr()
 	q := u.Query()
 	q.Set("application_name", underTest)
@@ -431,5 +436,93 @@ func TestStalledDatabaseAnswersPromptly(t *testing.T) {
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// noBackend is a pooler's process id that no PostgreSQL backend has: Linux
+// pids stay below 2^22.
+func noBackend(real uint32) uint32 { return 1<<30 | real }
+
+// Behind a pooler (RDS Proxy, PgBouncer) the process id a client learns is
+// not its backend's. A COMMIT held up on its way must not be taken for one
+// that will never land: here it is sent on to the server only after the
+// client was answered. The answer must stay true once it is: "nothing was
+// stored" only if the order can no longer appear. Settling ends the
+// session that still waits in the transaction, which aborts it for good.
+func TestUnconfirmedCommitBehindAPoolerIsNotDeniedWhileItCanLand(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		headers []string
+	}{
+		{"without idempotency key", nil},
+		{"with idempotency key", []string{"Idempotency-Key", "pooled-1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newProxiedService(t, 2, 16, Timeouts{DB: 10 * time.Second, Lookup: 5 * time.Second},
+				func(p *testenv.Proxy) { p.FakeBackendPIDs(noBackend) })
+			hold := s.proxy.HoldAfter("commit", 300*time.Millisecond)
+			start := time.Now()
+			rec := <-s.post("c", tc.headers...)
+			answered := time.Since(start)
+			select {
+			case <-hold.Fired():
+			case <-time.After(30 * time.Second):
+				t.Fatal("no COMMIT was held")
+			}
+			// The COMMIT arrives late, if its session is still there.
+			hold.Release()
+			testenv.Eventually(t, 30*time.Second, "no session left in the create's transaction", func() bool {
+				var n int
+				err := s.pool.QueryRow(context.Background(),
+					`SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'`, underTest).Scan(&n)
+				return err == nil && n == 0
+			})
+			// The session that still waited for the COMMIT is ended, so
+			// the transaction is aborted for good: that is the answer.
+			stored := s.count(t, "orders")
+			if rec.Code != http.StatusServiceUnavailable {
+				t.Fatalf("status %d, want 503: %s", rec.Code, rec.Body)
+			}
+			p := decodeProblem(t, rec)
+			if !strings.Contains(p.Detail, "nothing was stored") || p.Outcome == "unknown" {
+				t.Errorf("problem %+v, want nothing was stored", p)
+			}
+			if stored != 0 {
+				t.Errorf("answered %q; the late COMMIT stored %d orders", p.Detail, stored)
+			}
+			t.Logf("answered %d in %s: %s", rec.Code, answered, p.Detail)
+		})
+	}
+}
+
+// Behind a pooler whose process id happens to be an unrelated backend's,
+// settling an unanswered COMMIT must not end that backend's session; the
+// order, committed, is answered 201.
+func TestUnconfirmedCommitBehindAPoolerSparesOtherSessions(t *testing.T) {
+	url, _ := testenv.MigratedDatabase(t, migrations.FS)
+	bystander, err := pgxpool.New(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bystander.Close)
+	conn, err := bystander.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	victim := conn.Conn().PgConn().PID()
+	s := newProxiedService(t, 2, 16, Timeouts{DB: 10 * time.Second, Lookup: 5 * time.Second},
+		func(p *testenv.Proxy) { p.FakeBackendPIDs(func(uint32) uint32 { return victim }) })
+	fired := s.proxy.CutAfter("commit", 300*time.Millisecond)
+	rec := <-s.post("c")
+	<-fired
+	if rec.Code != http.StatusCreated {
+		t.Errorf("status %d, want 201 for a committed order: %s", rec.Code, rec.Body)
+	}
+	if n := s.count(t, "orders"); n != 1 {
+		t.Errorf("%d orders, want 1", n)
+	}
+	if _, err := conn.Exec(context.Background(), `SELECT 1`); err != nil {
+		t.Errorf("the session of backend %d, unrelated to the create, was ended: %v", victim, err)
 	}
 }

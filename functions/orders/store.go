@@ -81,16 +81,19 @@ func notStored(unknown *postgres.CommitUnknownError) error {
 	return fmt.Errorf("commit unconfirmed and not applied: %w", unknown.Err)
 }
 
-// settled makes the outcome of the transaction that backend ran final (see
-// postgres.Settle) and then runs look on another connection, all within
-// timeout, whether or not the request is still there.
-func settled(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration, backend uint32, look func(context.Context) error) error {
+// settle finds out, within timeout and whether or not the request is still
+// there, how the transaction whose COMMIT went unanswered ended, once it
+// can no longer change (see postgres.Settle): true when it committed, false
+// when it aborted, and an error when that cannot be known, the transaction
+// still being in progress or the check failing.
+func settle(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration, unknown *postgres.CommitUnknownError) (committed bool, err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
-	if err := postgres.Settle(ctx, pool, backend); err != nil {
-		return err
+	status, err := postgres.Settle(ctx, pool, unknown.Xact)
+	if err != nil {
+		return false, err
 	}
-	return look(ctx)
+	return status == postgres.XactCommitted, nil
 }
 
 // Response is a stored answer to an idempotent POST, replayed on retry.
@@ -125,7 +128,7 @@ func (s *Store) Create(ctx context.Context, o Order, idem *IdempotentRequest, re
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeouts.DB)
 	defer cancel()
-	err = postgres.InTx(ctx, s.pool, func(*pgx.Batch) {}, func(tx pgx.Tx) error {
+	err = postgres.InSettleableTx(ctx, s.pool, func(*pgx.Batch) {}, func(tx pgx.Tx) error {
 		prev, found, err := claimIdempotencyKey(ctx, tx, *idem)
 		if err != nil || found {
 			stored, replayed = prev, found
@@ -144,18 +147,18 @@ func (s *Store) Create(ctx context.Context, o Order, idem *IdempotentRequest, re
 	})
 	var unknown *postgres.CommitUnknownError
 	if errors.As(err, &unknown) {
-		// The key and the order commit together: the stored response
-		// tells whether this transaction did.
-		var found bool
-		err = settled(ctx, s.pool, s.timeouts.Lookup, unknown.Backend, func(ctx context.Context) error {
-			var lookErr error
-			stored, found, lookErr = storedResponse(ctx, s.pool, *idem)
-			return lookErr
-		})
+		if replayed {
+			// The transaction only read an earlier request's
+			// committed response: whether it committed changes
+			// nothing.
+			return stored, replayed, nil
+		}
+		// The key and the order commit together, in this transaction.
+		committed, settleErr := settle(ctx, s.pool, s.timeouts.Lookup, unknown)
 		switch {
-		case err != nil:
-			return Response{}, false, &OutcomeUnknownError{OrderID: o.ID, Err: errors.Join(unknown, err)}
-		case !found:
+		case settleErr != nil:
+			return Response{}, false, &OutcomeUnknownError{OrderID: o.ID, Err: errors.Join(unknown, settleErr)}
+		case !committed:
 			return Response{}, false, notStored(unknown)
 		}
 		return stored, false, nil
@@ -166,21 +169,6 @@ func (s *Store) Create(ctx context.Context, o Order, idem *IdempotentRequest, re
 	return stored, replayed, nil
 }
 
-// storedResponse returns the response stored for idem by a committed
-// request with the same body.
-func storedResponse(ctx context.Context, pool *pgxpool.Pool, idem IdempotentRequest) (Response, bool, error) {
-	var r Response
-	err := pool.QueryRow(ctx, `SELECT status, location, body FROM idempotency_keys WHERE key = $1 AND request_hash = $2`, idem.Key, idem.Hash).
-		Scan(&r.Status, &r.Location, &r.Body)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return Response{}, false, nil
-	case err != nil:
-		return Response{}, false, fmt.Errorf("read idempotency key: %w", err)
-	}
-	return r, true, nil
-}
-
 // CreateOne stores o and its event in a transaction of their own: the
 // statements Create commits, one order per commit. The bench measures it as
 // the ceiling that batching lifts.
@@ -189,7 +177,7 @@ func (s *Store) CreateOne(ctx context.Context, o Order) error {
 	if err != nil {
 		return err
 	}
-	return postgres.InTx(ctx, s.pool, func(b *pgx.Batch) {
+	return postgres.InSettleableTx(ctx, s.pool, func(b *pgx.Batch) {
 		queueOrders(ctx, b, []Order{o}, []outbox.Message{msg})
 	}, nil)
 }

@@ -162,7 +162,7 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 	for i, p := range live {
 		orders[i], msgs[i] = p.order, p.msg
 	}
-	err := postgres.InTx(ctx, w.pool, func(b *pgx.Batch) { queueOrders(ctx, b, orders, msgs) }, nil)
+	err := postgres.InSettleableTx(ctx, w.pool, func(b *pgx.Batch) { queueOrders(ctx, b, orders, msgs) }, nil)
 	var unknown *postgres.CommitUnknownError
 	switch {
 	case errors.As(err, &unknown):
@@ -184,27 +184,16 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 }
 
 // settle answers the creates of a transaction whose COMMIT went unanswered
-// with what the database holds once that transaction can no longer change
-// it, or, when even that cannot be found out, with *OutcomeUnknownError.
+// with how that transaction ended once it can no longer change: all of its
+// orders are stored or none is. When even that cannot be found out, each is
+// answered with *OutcomeUnknownError.
 func (w *batchWriter) settle(ctx context.Context, live []*pendingCreate, unknown *postgres.CommitUnknownError) {
-	ids := make([][16]byte, len(live))
-	for i, p := range live {
-		ids[i] = p.order.ID
-	}
-	stored := map[[16]byte]bool{}
-	err := settled(ctx, w.pool, w.timeouts.Lookup, unknown.Backend, func(ctx context.Context) error {
-		rows, _ := w.pool.Query(ctx, `SELECT id FROM orders WHERE id = ANY($1)`, ids)
-		found, err := pgx.CollectRows(rows, pgx.RowTo[[16]byte])
-		for _, id := range found {
-			stored[id] = true
-		}
-		return err
-	})
+	committed, err := settle(ctx, w.pool, w.timeouts.Lookup, unknown)
 	for _, p := range live {
 		switch {
 		case err != nil:
 			p.done <- &OutcomeUnknownError{OrderID: p.order.ID, Err: errors.Join(unknown, err)}
-		case stored[p.order.ID]:
+		case committed:
 			p.done <- nil
 		default:
 			p.done <- notStored(unknown)

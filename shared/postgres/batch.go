@@ -19,12 +19,13 @@ const rollbackTimeout = 2 * time.Second
 
 // CommitUnknownError reports that COMMIT was sent but its answer never came
 // (the connection broke, or ctx ended while waiting): the transaction may
-// have committed or not. Backend is the server process that ran it, for
-// Settle. A failure before COMMIT was sent is never one of these: the
-// server rolls back a transaction whose connection is lost.
+// have committed or not. Xact is its transaction id, for Settle, when the
+// transaction was run by InSettleableTx (0 otherwise: no transaction has
+// id 0). A failure before COMMIT was sent is never one of these: the server
+// rolls back a transaction whose connection is lost.
 type CommitUnknownError struct {
-	Backend uint32
-	Err     error
+	Xact uint64
+	Err  error
 }
 
 func (e *CommitUnknownError) Error() string {
@@ -38,10 +39,31 @@ func (e *CommitUnknownError) Unwrap() error { return e.Err }
 // batch that begins the transaction; when all of them succeeded, then, if
 // not nil, runs more statements in the open transaction; then it commits.
 // Any failure rolls everything back, except a failure of the COMMIT itself
-// that the server did not answer: that one is a *CommitUnknownError.
-func InTx(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch), then func(pgx.Tx) error) (err error) {
+// that the server did not answer: that one is a *CommitUnknownError, which
+// Settle cannot settle (see InSettleableTx).
+func InTx(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch), then func(pgx.Tx) error) error {
+	return inTx(ctx, pool, false, queue, then)
+}
+
+// InSettleableTx is InTx for a transaction whose unanswered COMMIT the
+// caller means to settle: the batch that begins it also asks for its
+// transaction id (no extra round trip), which a *CommitUnknownError then
+// carries for Settle. Asking assigns the id at once, which a transaction
+// that writes gets anyway; one that turns out to write nothing now writes
+// a commit record too.
+func InSettleableTx(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch), then func(pgx.Tx) error) error {
+	return inTx(ctx, pool, true, queue, then)
+}
+
+func inTx(ctx context.Context, pool *pgxpool.Pool, settleable bool, queue func(*pgx.Batch), then func(pgx.Tx) error) (err error) {
 	b := &pgx.Batch{}
 	b.BeginTx(pgx.TxOptions{})
+	var xact uint64
+	if settleable {
+		// pg_current_xact_id is xid8 (PostgreSQL 13+): the 32-bit xid
+		// with its epoch, never reused, scanned as a uint64.
+		b.Queue(`SELECT pg_current_xact_id()`).QueryRow(func(row pgx.Row) error { return row.Scan(&xact) })
+	}
 	queue(b)
 	br := pool.SendBatch(ctx, b)
 	tx := br.Tx()
@@ -65,18 +87,18 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch), then 
 			return err
 		}
 	}
-	return Commit(ctx, tx)
+	return commit(ctx, tx, xact)
 }
 
-// Commit commits tx. When the server's answer does not come back, it
-// returns a *CommitUnknownError: the caller must not assume either outcome.
-func Commit(ctx context.Context, tx pgx.Tx) error {
-	backend := tx.Conn().PgConn().PID()
+// commit commits tx, whose transaction id is xact (0 when unknown). When
+// the server's answer does not come back, it returns a *CommitUnknownError:
+// the caller must not assume either outcome.
+func commit(ctx context.Context, tx pgx.Tx, xact uint64) error {
 	err := tx.Commit(ctx)
 	if err == nil || IsRejected(err) || errors.Is(err, pgx.ErrTxCommitRollback) || errors.Is(err, pgx.ErrTxClosed) {
 		return err
 	}
-	return &CommitUnknownError{Backend: backend, Err: err}
+	return &CommitUnknownError{Xact: xact, Err: err}
 }
 
 // IsRejected reports whether the server answered with an error, so the
@@ -105,30 +127,84 @@ func IsDataRejected(err error) bool {
 	return true
 }
 
-// Settle makes the outcome of a transaction whose COMMIT went unanswered
-// final, so that what the database shows afterwards stays true: on another
-// connection it ends the server process that ran it (backend, from a
-// *CommitUnknownError) and waits until that process is gone. A COMMIT still
-// on its way, or waiting in that process's socket, can then never take
-// effect; one already applied stays. It fails when ctx ends first.
-func Settle(ctx context.Context, pool *pgxpool.Pool, backend uint32) error {
+// XactStatus is the outcome of a transaction as Settle found it.
+type XactStatus string
+
+const (
+	XactCommitted  XactStatus = "committed"
+	XactAborted    XactStatus = "aborted"
+	XactInProgress XactStatus = "in progress"
+)
+
+// settlePoll is how often Settle asks for the status of a transaction that
+// is still in progress.
+const settlePoll = 20 * time.Millisecond
+
+// Settle finds out, on another connection, how the transaction xact (from
+// a *CommitUnknownError) ended, and makes that outcome final first:
+//
+//  1. A server session whose transaction is xact (pg_stat_activity's
+//     backend_xid) still runs it: it is ended with pg_terminate_backend,
+//     waiting until it is gone, so that a COMMIT still on its way (in a
+//     socket buffer, in a pooler) can never take effect later. One that
+//     already took effect stays.
+//  2. Then pg_xact_status(xact) is asked until it says committed or
+//     aborted, or ctx ends: a session Settle cannot see (another role
+//     without pg_read_all_stats) ends its transaction by itself once its
+//     connection is gone.
+//
+// It decides by the transaction, never by the process id pgx learned at
+// connect time: behind a pooler (RDS Proxy, PgBouncer) that id belongs to
+// the pooler, not to a PostgreSQL backend; no session has it, or an
+// unrelated one does. A transaction id names one transaction in the whole
+// cluster, whichever connection ran it, and its status is kept by the
+// server after it ends. pg_xact_status and xid8 need PostgreSQL 13+.
+//
+// It returns XactCommitted or XactAborted; XactInProgress with an error
+// when ctx ended first; "" with an error when the status could not be
+// read. Only XactAborted means that nothing of the transaction is stored.
+func Settle(ctx context.Context, pool *pgxpool.Pool, xact uint64) (XactStatus, error) {
+	if xact == 0 {
+		return "", errors.New("settle: the transaction's id is unknown")
+	}
 	wait := time.Second
 	if deadline, ok := ctx.Deadline(); ok {
 		wait = time.Until(deadline) / 2
 	}
 	if wait < time.Millisecond {
-		return context.DeadlineExceeded
+		return "", context.DeadlineExceeded
 	}
+	// backend_xid is the 32-bit xid, which names xact while it runs. The
+	// session is looked up and signalled in one statement, so that it has
+	// no time to end xact and start another between the two.
 	var gone bool
 	err := pool.QueryRow(ctx, `
-		SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)
-		            THEN pg_terminate_backend($1, $2)
-		            ELSE true END`, int32(backend), wait.Milliseconds()).Scan(&gone)
+		SELECT coalesce(bool_and(pg_terminate_backend(pid, $2)), true)
+		FROM pg_stat_activity WHERE backend_xid = $1::xid8::xid AND pid <> pg_backend_pid()`,
+		xact, wait.Milliseconds()).Scan(&gone)
 	if err != nil {
-		return fmt.Errorf("end backend %d: %w", backend, err)
+		return "", fmt.Errorf("end the session of transaction %d: %w", xact, err)
 	}
 	if !gone {
-		return fmt.Errorf("backend %d did not end within %s", backend, wait)
+		return "", fmt.Errorf("the session of transaction %d did not end within %s", xact, wait)
 	}
-	return nil
+	for {
+		var status *string // NULL: too old for the server to remember
+		if err := pool.QueryRow(ctx, `SELECT pg_xact_status($1::xid8)`, xact).Scan(&status); err != nil {
+			return "", fmt.Errorf("status of transaction %d: %w", xact, err)
+		}
+		switch {
+		case status == nil:
+			return "", fmt.Errorf("status of transaction %d: no longer known", xact)
+		case XactStatus(*status) == XactCommitted, XactStatus(*status) == XactAborted:
+			return XactStatus(*status), nil
+		case XactStatus(*status) != XactInProgress:
+			return "", fmt.Errorf("status of transaction %d: %q", xact, *status)
+		}
+		select {
+		case <-ctx.Done():
+			return XactInProgress, fmt.Errorf("transaction %d still in progress: %w", xact, ctx.Err())
+		case <-time.After(settlePoll):
+		}
+	}
 }

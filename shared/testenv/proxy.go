@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"sync"
 	"testing"
@@ -12,7 +13,9 @@ import (
 // from its clients without stopping it: Cut closes every connection, Stall
 // turns the path into a black hole (nothing forwarded, nothing closed), and
 // CutAfter breaks one connection right after a given request reached the
-// server, so its answer never comes back.
+// server, so its answer never comes back; HoldAfter keeps a request from
+// the server until the test releases it. FakeBackendPIDs makes it a
+// PostgreSQL pooler as its clients see it.
 type Proxy struct {
 	target string
 	ln     net.Listener
@@ -23,6 +26,9 @@ type Proxy struct {
 	stalled bool
 	conns   map[net.Conn]struct{}
 	trigger *cutTrigger
+	hold    *Hold
+	fakePID func(real uint32) uint32
+	realPID map[uint32]uint32 // fake pid → server's, for cancel requests
 }
 
 type cutTrigger struct {
@@ -94,6 +100,136 @@ func (p *Proxy) CutAfter(pattern string, settle time.Duration) <-chan struct{} {
 	tr := &cutTrigger{pattern: bytes.ToLower([]byte(pattern)), settle: settle, fired: make(chan struct{})}
 	p.trigger = tr
 	return tr.fired
+}
+
+// FakeBackendPIDs makes the proxy hand its PostgreSQL clients a process id
+// of its choosing, fake(the server's), in place of the server's, as RDS
+// Proxy and PgBouncer do: a client then knows no backend's pid, or, when
+// fake returns one, an unrelated backend's. Cancel requests are mapped
+// back. It applies to connections opened afterwards.
+func (p *Proxy) FakeBackendPIDs(fake func(real uint32) uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fakePID = fake
+	p.realPID = map[uint32]uint32{}
+}
+
+// Hold is a request HoldAfter kept from the server.
+type Hold struct {
+	pattern []byte
+	settle  time.Duration
+	fired   chan struct{}
+	p       *Proxy
+
+	mu     sync.Mutex
+	server net.Conn
+	chunk  []byte
+}
+
+// Fired is closed once the client's side of the held connection is closed.
+func (h *Hold) Fired() <-chan struct{} { return h.fired }
+
+// Release sends the held request to the server at last, if the server's
+// side of its connection is still open, as a request stuck in a buffer on
+// the way may arrive late. It reports whether the write succeeded.
+func (h *Hold) Release() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.server == nil || h.chunk == nil {
+		return false
+	}
+	_, err := h.server.Write(h.chunk)
+	h.chunk = nil
+	return err == nil
+}
+
+// HoldAfter arms a one-shot trap: the first chunk a client sends that
+// contains pattern (compared case-insensitively) is kept, not forwarded,
+// nothing more goes back to that client, and after settle the client's
+// side is closed while the server's stays open, as when a request is lost
+// between a client and a pooler that keeps its server connection: the
+// server still waits for it. Release sends it on.
+func (p *Proxy) HoldAfter(pattern string, settle time.Duration) *Hold {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := &Hold{pattern: bytes.ToLower([]byte(pattern)), settle: settle, fired: make(chan struct{}), p: p}
+	p.hold = h
+	return h
+}
+
+// takeHold returns the armed hold when chunk matches it, disarming it.
+func (p *Proxy) takeHold(chunk []byte) *Hold {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.hold
+	if h == nil || !bytes.Contains(bytes.ToLower(chunk), h.pattern) {
+		return nil
+	}
+	p.hold = nil
+	return h
+}
+
+// pidRewriter replaces the process id in the BackendKeyData message of a
+// PostgreSQL server's startup answer. It parses whole messages until it has
+// done so (or the server is ready without one), then passes bytes through.
+type pidRewriter struct {
+	p       *Proxy
+	fake    func(uint32) uint32
+	pending []byte
+	done    bool
+}
+
+// rewrite takes the next bytes from the server and returns those to send on.
+func (r *pidRewriter) rewrite(chunk []byte) []byte {
+	if r.done {
+		return chunk
+	}
+	r.pending = append(r.pending, chunk...)
+	n := 0 // bytes of whole messages parsed
+	for !r.done && len(r.pending)-n >= 5 {
+		typ := r.pending[n]
+		size := int(binary.BigEndian.Uint32(r.pending[n+1:]))
+		if len(r.pending)-n < 1+size {
+			break
+		}
+		msg := r.pending[n : n+1+size]
+		switch {
+		case typ == 'K' && size >= 12:
+			real := binary.BigEndian.Uint32(msg[5:])
+			fake := r.fake(real)
+			binary.BigEndian.PutUint32(msg[5:], fake)
+			r.p.mu.Lock()
+			r.p.realPID[fake] = real
+			r.p.mu.Unlock()
+			r.done = true
+		case typ == 'Z' || typ == 'E':
+			r.done = true
+		}
+		n += 1 + size
+	}
+	if r.done {
+		out := r.pending
+		r.pending = nil
+		return out
+	}
+	out := append([]byte(nil), r.pending[:n]...)
+	r.pending = r.pending[n:]
+	return out
+}
+
+// cancelCode is the request code of a PostgreSQL CancelRequest.
+const cancelCode = 80877102
+
+// mapCancel rewrites a CancelRequest for a fake pid to the server's pid.
+func (p *Proxy) mapCancel(chunk []byte) {
+	if len(chunk) != 16 || binary.BigEndian.Uint32(chunk) != 16 || binary.BigEndian.Uint32(chunk[4:]) != cancelCode {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if real, ok := p.realPID[binary.BigEndian.Uint32(chunk[8:])]; ok {
+		binary.BigEndian.PutUint32(chunk[8:], real)
+	}
 }
 
 func (p *Proxy) accept() {
@@ -169,13 +305,28 @@ func (p *Proxy) serve(client net.Conn) {
 	}
 	var withhold sync.Mutex // held while a cut is pending: no answer goes back
 	muted := false
+	held := false // the client's side is gone, the server's kept open
+	p.mu.Lock()
+	var rw *pidRewriter
+	if p.fakePID != nil {
+		rw = &pidRewriter{p: p, fake: p.fakePID}
+	}
+	p.mu.Unlock()
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn, upstream bool) {
 		defer func() {
-			p.drop(dst, src)
+			withhold.Lock()
+			h := held
+			withhold.Unlock()
+			if h && upstream {
+				p.drop(client) // the server's side stays for Release
+			} else {
+				p.drop(dst, src)
+			}
 			done <- struct{}{}
 		}()
 		buf := make([]byte, 32<<10)
+		first := true
 		for {
 			if !p.waitForward(src) {
 				return
@@ -185,11 +336,22 @@ func (p *Proxy) serve(client net.Conn) {
 				if !p.waitForward(src) {
 					return
 				}
+				chunk := buf[:n]
 				var tr *cutTrigger
+				var hold *Hold
 				if upstream {
-					tr = p.takeTrigger(buf[:n])
+					if first && rw != nil {
+						p.mapCancel(chunk)
+					}
+					first = false
+					tr = p.takeTrigger(chunk)
+					if tr == nil {
+						hold = p.takeHold(chunk)
+					}
+				} else if rw != nil {
+					chunk = rw.rewrite(chunk)
 				}
-				if tr != nil {
+				if tr != nil || hold != nil {
 					withhold.Lock()
 					muted = true
 					withhold.Unlock()
@@ -202,7 +364,21 @@ func (p *Proxy) serve(client net.Conn) {
 						continue // the answer is lost on the way back
 					}
 				}
-				if _, werr := dst.Write(buf[:n]); werr != nil {
+				if hold != nil {
+					hold.mu.Lock()
+					hold.server, hold.chunk = server, append([]byte(nil), chunk...)
+					hold.mu.Unlock()
+					go func() {
+						time.Sleep(hold.settle)
+						withhold.Lock()
+						held = true
+						withhold.Unlock()
+						p.drop(client)
+						close(hold.fired)
+					}()
+					continue
+				}
+				if _, werr := dst.Write(chunk); werr != nil {
 					return
 				}
 				if tr != nil {
