@@ -338,11 +338,6 @@ func TestLambdaAmazonMQ(t *testing.T) {
 		ids = append(ids, createOrder(t, orders, "amazon-mq", 300+i))
 	}
 	msgs := s.take(t, 4)
-	for _, m := range msgs {
-		if m.Headers["traceparent"] == nil && len(m.Headers) > 0 {
-			t.Logf("message headers %v", m.Headers)
-		}
-	}
 
 	var answer map[string]int
 	invokeJSON(t, invoices, amazonMQEvent(t, msgs[:3], false), &answer)
