@@ -214,6 +214,7 @@ func TestLambdaSampleEvents(t *testing.T) {
 	for i := range 3 {
 		s.publishEvent(t, newEvent("scheduled", int64(100+i)))
 	}
+	testenv.Eventually(t, 5*time.Second, "3 messages in queue orders", func() bool { return s.ready(t) == 3 })
 	var drained DrainResult
 	invokeJSON(t, l, sampleEvent(t, "invoices", "schedule.json"), &drained)
 	if drained.Messages != 3 || drained.Left != 0 {
@@ -384,6 +385,7 @@ func TestLambdaDrainAfterBrokerCut(t *testing.T) {
 	l := s.startInvoicesLambda(t, bu.String())
 
 	s.publishEvent(t, newEvent("before-cut", 100))
+	testenv.Eventually(t, 5*time.Second, "a message in queue orders", func() bool { return s.ready(t) == 1 })
 	var drained DrainResult
 	invokeJSON(t, l, sampleEvent(t, "invoices", "schedule.json"), &drained)
 	if drained.Messages != 1 {
@@ -392,6 +394,7 @@ func TestLambdaDrainAfterBrokerCut(t *testing.T) {
 	proxy.Cut()
 	proxy.Restore()
 	s.publishEvent(t, newEvent("after-cut", 200))
+	testenv.Eventually(t, 5*time.Second, "a message in queue orders", func() bool { return s.ready(t) == 1 })
 	invokeJSON(t, l, sampleEvent(t, "invoices", "schedule.json"), &drained)
 	if drained.Messages != 1 || s.invoiceCount(t) != 2 {
 		t.Errorf("drain after the cut: %+v, %d invoices", drained, s.invoiceCount(t))
