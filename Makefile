@@ -66,7 +66,7 @@ fuzz:
 	$(GO) test ./functions/orders -run '^$$' -fuzz FuzzDecodeCreateOrder -fuzztime 60s
 
 # Benchmarks against the local servers; flags: make bench BENCH_FLAGS='-c 32 -t 10s -n 20000'
-bench: build
+bench: build bin/aws-lambda-rie
 	$(GO) run ./local/bench $(BENCH_FLAGS)
 
 # Fault injection under load; stops and restarts the local RabbitMQ and

@@ -11,7 +11,12 @@
 //     with bin/invoices running: order-to-invoice latency;
 //  4. the consumer: N events preloaded with the consumer stopped, then the
 //     time bin/invoices takes to drain them;
-//  5. resources: peak RSS of each service, binary sizes.
+//  5. resources: peak RSS of each service, binary sizes;
+//  6. Lambda: bin/orders under the Lambda Runtime Interface Emulator
+//     (bin/aws-lambda-rie): its cold start (the emulator's INIT REPORT) and
+//     N sequential warm POST /orders invocations (HTTP API events), next to
+//     the same N sequential requests to bin/orders as a server, each in a
+//     fresh database.
 package main
 
 import (
@@ -53,6 +58,8 @@ type config struct {
 	OrdersEnv   string        `json:"orders_env,omitempty"`
 	InvoicesEnv string        `json:"invoices_env,omitempty"`
 	Steps       string        `json:"steps"`
+	LambdaN     int           `json:"lambda_invocations"`
+	RIE         string        `json:"-"`
 }
 
 func (c config) has(step byte) bool { return strings.IndexByte(c.Steps, step) >= 0 }
@@ -97,6 +104,7 @@ type report struct {
 		OrdersBinaryMB    float64 `json:"orders_binary_mb"`
 		InvoicesBinaryMB  float64 `json:"invoices_binary_mb"`
 	} `json:"resources"`
+	Lambda lambdaReport `json:"lambda"`
 }
 
 func main() {
@@ -109,7 +117,9 @@ func main() {
 	flag.StringVar(&cfg.Out, "out", "local/results/bench.json", "JSON results file")
 	flag.StringVar(&cfg.OrdersEnv, "orders-env", "", "extra KEY=VALUE,... for bin/orders")
 	flag.StringVar(&cfg.InvoicesEnv, "invoices-env", "", "extra KEY=VALUE,... for bin/invoices")
-	flag.StringVar(&cfg.Steps, "steps", "1234", "steps to run (step 3 without step 2 needs -rate)")
+	flag.StringVar(&cfg.Steps, "steps", "12346", "steps to run (step 3 without step 2 needs -rate)")
+	flag.IntVar(&cfg.LambdaN, "lambda-n", 500, "sequential warm invocations in step 6 (at most 5000)")
+	flag.StringVar(&cfg.RIE, "rie", "bin/aws-lambda-rie", "the Lambda Runtime Interface Emulator (step 6)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -314,6 +324,12 @@ func run(ctx context.Context, cfg config) error {
 		_ = invoicesProc.Stop(30 * time.Second)
 	}
 
+	if cfg.has('6') {
+		if rep.Lambda, err = lambdaStep(ctx, e, cfg, devnull); err != nil {
+			return fmt.Errorf("lambda step: %w", err)
+		}
+	}
+
 	// 5. Binary sizes.
 	for name, dst := range map[string]*float64{"orders": &rep.Resources.OrdersBinaryMB, "invoices": &rep.Resources.InvoicesBinaryMB} {
 		if st, err := os.Stat(filepath.Join(cfg.Bin, name)); err == nil {
@@ -429,4 +445,9 @@ func printReport(w io.Writer, r report) {
 	row("4 consumer", "invoices/s (from start / from first invoice)", "%.0f / %.0f", r.Consumer.Rate, r.Consumer.RateAfterStartup)
 	row("5 resources", "peak RSS orders (step 2) / invoices (step 4)", "%.1f / %.1f MB", r.Resources.OrdersPeakRSSMB, r.Resources.InvoicesPeakRSSMB)
 	row("5 resources", "binary size orders / invoices", "%.1f / %.1f MB", r.Resources.OrdersBinaryMB, r.Resources.InvoicesBinaryMB)
+	if l := r.Lambda; l.Invocations > 0 {
+		row("6 Lambda", "orders cold start (emulator INIT REPORT) / first invocation", "%.1f / %.1f ms", l.InitMs, l.FirstInvocationMs)
+		row("6 Lambda", fmt.Sprintf("warm POST /orders p50 / p99, %d sequential", l.Invocations), "%.2f / %.2f ms", l.P50ms, l.P99ms)
+		row("6 Lambda", fmt.Sprintf("server POST /orders p50 / p99, %d sequential", l.Invocations), "%.2f / %.2f ms", l.ServerP50ms, l.ServerP99ms)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -169,8 +170,15 @@ func (l *lambdaHandler) Invoke(ctx context.Context, payload json.RawMessage) (an
 		if err := json.Unmarshal(payload, &e); err != nil {
 			return nil, fmt.Errorf("decode API Gateway REST event: %w", err)
 		}
-		e.Path = restPath(e)
-		return l.rest.ProxyWithContext(ctx, e)
+		e.Path = escapePath(restPath(e))
+		resp, err := l.rest.ProxyWithContext(ctx, e)
+		if err != nil {
+			return nil, err
+		}
+		// Kong's aws-lambda plugin reads only the single-value headers;
+		// API Gateway takes both.
+		resp.Headers = singleValued(resp.MultiValueHeaders)
+		return resp, nil
 	case KindHTTPAPI:
 		var e events.APIGatewayV2HTTPRequest
 		if err := json.Unmarshal(payload, &e); err != nil {
@@ -183,7 +191,19 @@ func (l *lambdaHandler) Invoke(ctx context.Context, payload json.RawMessage) (an
 		if err := json.Unmarshal(payload, &e); err != nil {
 			return nil, fmt.Errorf("decode ALB event: %w", err)
 		}
-		return l.alb.ProxyWithContext(ctx, e)
+		multi := e.MultiValueHeaders != nil
+		albQuery(&e)
+		resp, err := l.alb.ProxyWithContext(ctx, e)
+		if err != nil {
+			return nil, err
+		}
+		resp.StatusDescription = fmt.Sprintf("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+		if !multi {
+			// A target group without multi-value headers reads only
+			// "headers" from the answer.
+			resp.Headers, resp.MultiValueHeaders = singleValued(resp.MultiValueHeaders), nil
+		}
+		return resp, nil
 	case KindSchedule:
 		if l.h.Scheduled != nil {
 			return l.h.Scheduled(ctx)
@@ -232,6 +252,61 @@ func describe(payload []byte) string {
 	return "an object with keys " + strings.Join(keys, ", ")
 }
 
+// escapePath turns a decoded path (API Gateway REST and Kong send the path
+// percent-decoded) into the escaped form the proxy parses back, so that a
+// path with a NUL, a "%", a "?" or a space reaches the router as it was
+// sent, and bad input gets the router's 4xx, not a failed invocation.
+func escapePath(p string) string {
+	return (&url.URL{Path: p}).EscapedPath()
+}
+
+// rawPath keeps an already escaped path (HTTP API's rawPath, ALB's path),
+// unless it cannot be one; then it escapes it.
+func rawPath(p string) string {
+	if u, err := url.Parse(p); err == nil && u.Path != "" && u.RawQuery == "" && u.Fragment == "" && !u.ForceQuery {
+		return p
+	}
+	return escapePath(p)
+}
+
+// albQuery decodes an ALB event's query parameters: the load balancer
+// passes them as the client sent them, percent-encoded, and the proxy
+// encodes them again.
+func albQuery(e *events.ALBTargetGroupRequest) {
+	unescape := func(s string) string {
+		if u, err := url.QueryUnescape(s); err == nil {
+			return u
+		}
+		return s
+	}
+	if e.MultiValueQueryStringParameters != nil {
+		q := make(map[string][]string, len(e.MultiValueQueryStringParameters))
+		for k, vs := range e.MultiValueQueryStringParameters {
+			k = unescape(k)
+			for _, v := range vs {
+				q[k] = append(q[k], unescape(v))
+			}
+		}
+		e.MultiValueQueryStringParameters = q
+	}
+	if e.QueryStringParameters != nil {
+		q := make(map[string]string, len(e.QueryStringParameters))
+		for k, v := range e.QueryStringParameters {
+			q[unescape(k)] = unescape(v)
+		}
+		e.QueryStringParameters = q
+	}
+}
+
+// singleValued is h with each header's values joined by commas.
+func singleValued(h map[string][]string) map[string]string {
+	out := make(map[string]string, len(h))
+	for k, vs := range h {
+		out[k] = strings.Join(vs, ",")
+	}
+	return out
+}
+
 // restPath is the path the service's router sees for a REST (1.0) event.
 // API Gateway's "path" carries a custom domain's base path mapping, which
 // the API does not know; when API Gateway sent the event (it names its
@@ -255,7 +330,7 @@ func restPath(e events.APIGatewayProxyRequest) string {
 func httpAPIPath(e events.APIGatewayV2HTTPRequest) string {
 	if _, tmpl, ok := strings.Cut(e.RouteKey, " "); ok && strings.Contains(tmpl, "{") {
 		if p, ok := fillTemplate(tmpl, e.PathParameters); ok {
-			return p
+			return escapePath(p) // path parameters come decoded
 		}
 	}
 	path := e.RawPath
@@ -270,7 +345,7 @@ func httpAPIPath(e events.APIGatewayV2HTTPRequest) string {
 			}
 		}
 	}
-	return path
+	return rawPath(path)
 }
 
 // fillTemplate replaces each {name} or {name+} of tmpl with its parameter.

@@ -82,6 +82,7 @@ func Run(ctx context.Context, s Service, args []string, getenv func(string) stri
 // since the process may be frozen, or never thawed, right after.
 func serveLambda(ctx context.Context, base *Base, l *lambdaHandler) error {
 	var handler any = func(ctx context.Context, payload json.RawMessage) (any, error) {
+		base.startInvocation()
 		return l.Invoke(ctx, payload)
 	}
 	flush := func() {

@@ -2,6 +2,8 @@ package testenv
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -133,4 +136,103 @@ func (l *Lambda) Invoke(payload []byte) ([]byte, error) {
 		return body, fmt.Errorf("invoke: status %d: %s", resp.StatusCode, body)
 	}
 	return body, nil
+}
+
+// FunctionError is the emulator's document for an invocation that failed.
+type FunctionError struct {
+	Message string `json:"errorMessage"`
+	Type    string `json:"errorType"`
+}
+
+func (e *FunctionError) Error() string { return e.Type + ": " + e.Message }
+
+// InvokeOK sends one event and returns the function's answer; an invocation
+// that failed (the emulator's error document) is a *FunctionError.
+func (l *Lambda) InvokeOK(payload []byte) ([]byte, error) {
+	answer, err := l.Invoke(payload)
+	if err != nil {
+		return answer, err
+	}
+	var fe FunctionError
+	if json.Unmarshal(answer, &fe) == nil && fe.Message != "" {
+		return answer, &fe
+	}
+	return answer, nil
+}
+
+// HTTPAnswer is the answer to an HTTP event: the union of API Gateway REST
+// (1.0), HTTP API (2.0) and ALB response shapes.
+type HTTPAnswer struct {
+	StatusCode        int                 `json:"statusCode"`
+	StatusDescription string              `json:"statusDescription"`
+	Headers           map[string]string   `json:"headers"`
+	MultiValueHeaders map[string][]string `json:"multiValueHeaders"`
+	Cookies           []string            `json:"cookies"`
+	Body              string              `json:"body"`
+	IsBase64Encoded   bool                `json:"isBase64Encoded"`
+}
+
+// Header returns the answer's value of a header, single- or multi-valued,
+// matching the name without regard to case.
+func (a HTTPAnswer) Header(name string) string {
+	for k, v := range a.Headers {
+		if strings.EqualFold(k, name) {
+			return v
+		}
+	}
+	for k, v := range a.MultiValueHeaders {
+		if strings.EqualFold(k, name) && len(v) > 0 {
+			return strings.Join(v, ",")
+		}
+	}
+	return ""
+}
+
+// RawBody is the answer's body, decoded when it came base64-encoded.
+func (a HTTPAnswer) RawBody() ([]byte, error) {
+	if a.IsBase64Encoded {
+		return base64.StdEncoding.DecodeString(a.Body)
+	}
+	return []byte(a.Body), nil
+}
+
+// InvokeHTTP sends an HTTP event and decodes the answer.
+func (l *Lambda) InvokeHTTP(payload []byte) (HTTPAnswer, error) {
+	var a HTTPAnswer
+	answer, err := l.InvokeOK(payload)
+	if err != nil {
+		return a, err
+	}
+	if err := json.Unmarshal(answer, &a); err != nil {
+		return a, fmt.Errorf("decode HTTP answer %s: %w", answer, err)
+	}
+	if a.StatusCode == 0 {
+		return a, fmt.Errorf("answer without a status code: %s", answer)
+	}
+	return a, nil
+}
+
+var (
+	initReport   = regexp.MustCompile(`INIT REPORT\(durationMs: ([0-9.]+)\)`)
+	initDuration = regexp.MustCompile(`Init Duration: ([0-9.]+) ms`)
+)
+
+// InitDuration is how long the function's cold start took, once the first
+// invocation ended: the emulator's INIT REPORT (from starting the bootstrap
+// to its first request for an invocation). The emulator's REPORT line also
+// has an "Init Duration", which it does not measure (it shows a few
+// hundredths of a millisecond); that one is used only without INIT REPORT.
+func (l *Lambda) InitDuration() (time.Duration, bool) {
+	m := initReport.FindStringSubmatch(l.Logs())
+	if m == nil {
+		m = initDuration.FindStringSubmatch(l.Logs())
+	}
+	if m == nil {
+		return 0, false
+	}
+	ms, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return 0, false
+	}
+	return time.Duration(ms * float64(time.Millisecond)), true
 }

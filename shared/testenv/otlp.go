@@ -21,6 +21,9 @@ import (
 // Span is one received span with the service that sent it.
 type Span struct {
 	Service string
+	// Resource holds the string and int attributes of the resource that
+	// sent the span.
+	Resource map[string]string
 	*tracepb.Span
 }
 
@@ -37,13 +40,17 @@ func (s Span) ParentID() string { return hex.EncodeToString(s.Span.ParentSpanId)
 func (s Span) Attr(key string) string {
 	for _, kv := range s.Attributes {
 		if kv.Key == key {
-			if _, ok := kv.Value.Value.(*commonpb.AnyValue_IntValue); ok {
-				return strconv.FormatInt(kv.Value.GetIntValue(), 10)
-			}
-			return kv.Value.GetStringValue()
+			return attrString(kv.Value)
 		}
 	}
 	return ""
+}
+
+func attrString(v *commonpb.AnyValue) string {
+	if _, ok := v.GetValue().(*commonpb.AnyValue_IntValue); ok {
+		return strconv.FormatInt(v.GetIntValue(), 10)
+	}
+	return v.GetStringValue()
 }
 
 // OTLPReceiver is an OTLP/HTTP endpoint inside the test that decodes the
@@ -88,15 +95,13 @@ func (r *OTLPReceiver) serve(t testing.TB) func(http.ResponseWriter, *http.Reque
 			}
 			r.mu.Lock()
 			for _, rs := range ex.ResourceSpans {
-				service := ""
+				resource := map[string]string{}
 				for _, kv := range rs.Resource.GetAttributes() {
-					if kv.Key == "service.name" {
-						service = kv.Value.GetStringValue()
-					}
+					resource[kv.Key] = attrString(kv.Value)
 				}
 				for _, ss := range rs.ScopeSpans {
 					for _, s := range ss.Spans {
-						r.spans = append(r.spans, Span{Service: service, Span: s})
+						r.spans = append(r.spans, Span{Service: resource["service.name"], Resource: resource, Span: s})
 					}
 				}
 			}
