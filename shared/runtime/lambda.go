@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"slices"
 	"sort"
@@ -117,10 +118,28 @@ func newLambdaHandler(h Handlers, migrate func(context.Context) error) *lambdaHa
 	if h.HTTP != nil {
 		after := afterHTTP(h.HTTP, h.AfterHTTP)
 		l.rest = httpadapter.New(after)
-		l.v2 = httpadapter.NewV2(after)
+		l.v2 = httpadapter.NewV2(restoreHeaders(after))
 		l.alb = httpadapter.NewALB(after)
 	}
 	return l
+}
+
+// v2HeadersKey carries a payload 2.0 event's headers to restoreHeaders.
+type v2HeadersKey struct{}
+
+// restoreHeaders gives the handler each header of a payload 2.0 event as
+// API Gateway sent it. The proxy splits every header it does not know to
+// be single-valued at its commas, so "Idempotency-Key: a,b" would reach the
+// API as two keys, which a server never sees from one header line.
+func restoreHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h, ok := r.Context().Value(v2HeadersKey{}).(map[string]string); ok {
+			for k, v := range h {
+				r.Header[textproto.CanonicalMIMEHeaderKey(k)] = []string{v}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // afterHTTP runs after, if set, once next has answered.
@@ -168,7 +187,11 @@ func (l *lambdaHandler) Invoke(ctx context.Context, payload json.RawMessage) (an
 	case KindREST:
 		var e events.APIGatewayProxyRequest
 		if err := json.Unmarshal(payload, &e); err != nil {
-			return nil, fmt.Errorf("decode API Gateway REST event: %w", err)
+			// Kong sends a query parameter without a value (?flag) as
+			// true; a request's shape must not fail the invocation.
+			if err = json.Unmarshal(flagsAsText(payload), &e); err != nil {
+				return nil, fmt.Errorf("decode API Gateway REST event: %w", err)
+			}
 		}
 		e.Path = escapePath(restPath(e))
 		resp, err := l.rest.ProxyWithContext(ctx, e)
@@ -185,7 +208,7 @@ func (l *lambdaHandler) Invoke(ctx context.Context, payload json.RawMessage) (an
 			return nil, fmt.Errorf("decode HTTP API event: %w", err)
 		}
 		e.RawPath = httpAPIPath(e)
-		return l.v2.ProxyWithContext(ctx, e)
+		return l.v2.ProxyWithContext(context.WithValue(ctx, v2HeadersKey{}, e.Headers), e)
 	case KindALB:
 		var e events.ALBTargetGroupRequest
 		if err := json.Unmarshal(payload, &e); err != nil {
@@ -230,6 +253,48 @@ func (l *lambdaHandler) Invoke(ctx context.Context, payload json.RawMessage) (an
 		return map[string]string{"migrated": "ok"}, nil
 	}
 	return nil, fmt.Errorf("%w: %s", ErrUnknownEvent, describe(payload))
+}
+
+// flagsAsText rewrites the query parameters of a REST-shaped event whose
+// values are not strings (Kong's true for a bare ?flag) as the empty string
+// a server sees for them.
+func flagsAsText(payload []byte) []byte {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(payload, &m) != nil {
+		return payload
+	}
+	text := func(v any) any {
+		if _, ok := v.(string); ok || v == nil {
+			return v
+		}
+		return ""
+	}
+	if raw, ok := m["queryStringParameters"]; ok {
+		var q map[string]any
+		if json.Unmarshal(raw, &q) == nil {
+			for k, v := range q {
+				q[k] = text(v)
+			}
+			m["queryStringParameters"], _ = json.Marshal(q)
+		}
+	}
+	if raw, ok := m["multiValueQueryStringParameters"]; ok {
+		var q map[string][]any
+		if json.Unmarshal(raw, &q) == nil {
+			for k, vs := range q {
+				for i, v := range vs {
+					vs[i] = text(v)
+				}
+				q[k] = vs
+			}
+			m["multiValueQueryStringParameters"], _ = json.Marshal(q)
+		}
+	}
+	out, err := json.Marshal(m)
+	if err != nil {
+		return payload
+	}
+	return out
 }
 
 // describe names what an unrecognised event looked like, without its values.

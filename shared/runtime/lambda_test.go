@@ -1,6 +1,9 @@
 package runtime
 
 import (
+	"context"
+	"encoding/json"
+	"net/http"
 	"testing"
 
 	"github.com/aws/aws-lambda-go/events"
@@ -82,5 +85,60 @@ func TestAmazonMQHeaders(t *testing.T) {
 	})
 	if h["traceparent"] != "00-" || h["n"] != float64(10) {
 		t.Errorf("headers = %#v", h)
+	}
+}
+
+// echo answers with what the router would see: the query and the
+// Idempotency-Key header lines.
+func echoHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"query": r.URL.Query(), "idempotencyKey": r.Header.Values("Idempotency-Key"),
+		})
+	})
+}
+
+func invokeEcho(t *testing.T, payload string) map[string]any {
+	t.Helper()
+	l := newLambdaHandler(Handlers{HTTP: echoHandler()}, nil)
+	out, err := l.Invoke(context.Background(), json.RawMessage(payload))
+	if err != nil {
+		t.Fatalf("invoke: %v", err)
+	}
+	var body string
+	switch r := out.(type) {
+	case events.APIGatewayProxyResponse:
+		body = r.Body
+	case events.APIGatewayV2HTTPResponse:
+		body = r.Body
+	default:
+		t.Fatalf("answer %T", out)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(body), &m); err != nil {
+		t.Fatalf("body %q: %v", body, err)
+	}
+	return m
+}
+
+// Kong sends ?flag (no value) as JSON true; the request must still be served.
+func TestKongBareQueryFlag(t *testing.T) {
+	m := invokeEcho(t, `{"httpMethod":"GET","path":"/orders","headers":{},
+		"queryStringParameters":{"flag":true,"customerId":"c"},
+		"multiValueQueryStringParameters":{"flag":[true],"customerId":["c"]}}`)
+	q, _ := json.Marshal(m["query"])
+	if string(q) != `{"customerId":["c"],"flag":[""]}` {
+		t.Errorf("query = %s", q)
+	}
+}
+
+// An HTTP API header reaches the API as sent, not split at its commas.
+func TestHTTPAPIHeaderKeptWhole(t *testing.T) {
+	m := invokeEcho(t, `{"version":"2.0","routeKey":"$default","rawPath":"/orders",
+		"headers":{"idempotency-key":"a, b"},"requestContext":{"http":{"method":"GET","path":"/orders"}}}`)
+	k, _ := json.Marshal(m["idempotencyKey"])
+	if string(k) != `["a, b"]` {
+		t.Errorf("Idempotency-Key lines = %s", k)
 	}
 }
