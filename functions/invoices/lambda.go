@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +42,12 @@ func (c *Consumer) Drain(ctx context.Context) (DrainResult, error) {
 	}
 	defer ch.Close()
 	for ctx.Err() == nil {
+		// A batch's first attempt runs to its end (up to DBTimeout) even
+		// past ctx; take one only while that still fits, or Lambda would
+		// end the process mid-transaction and the batch would go back.
+		if d, ok := ctx.Deadline(); ok && time.Until(d) < c.dbTimeout() {
+			return res, nil
+		}
 		batch, left, err := getBatch(ch, c.BatchSize)
 		if err != nil {
 			return res, err
@@ -79,14 +86,15 @@ func getBatch(ch *amqp.Channel, n int) ([]amqp.Delivery, int, error) {
 
 // HandleMessages issues the invoices of a batch that an Amazon MQ event
 // source mapping delivered, through the same path as the consumer. The
-// mapping acks the batch when the invocation succeeds and returns it to the
-// queue when it fails, so: a redelivered message is a no-op; a failure of
-// the database holds and retries within the invocation, then fails it (the
-// batch comes again); and a message that can never be processed is
-// published to the dead-letter exchange here, because the mapping has no
-// dead-letter destination of its own and a failed invocation would return
-// the whole batch, good messages included, until the delivery limit
-// dead-letters all of them.
+// mapping acks the batch when the invocation succeeds and redelivers it
+// when it fails, and has no dead-letter destination of its own; every
+// redelivery spends one of the queue's deliveries and one of the
+// mapping's. So: a redelivered message is a no-op; a message that can
+// never be processed is published to the dead-letter exchange here; and
+// when the database fails, the batch is held and retried until shortly
+// before the deadline and what is still unsettled is then published back
+// to queue "orders" as new messages, the invocation succeeding, so that an
+// outage never makes good orders run out of deliveries.
 func (c *Consumer) HandleMessages(ctx context.Context, msgs []runtime.Message) error {
 	if len(msgs) == 0 {
 		return nil
@@ -106,13 +114,27 @@ func (c *Consumer) HandleMessages(ctx context.Context, msgs []runtime.Message) e
 			Body:         m.Body,
 		}
 	}
-	if err := c.handle(context.WithoutCancel(ctx), ctx, b, batch, func() {}); err != nil {
-		return err
+	// Hold and retry a failing database until shortly before the deadline,
+	// leaving time to hand the batch back below.
+	hold, cancel := context.WithTimeout(ctx, runtime.Remaining(ctx, handBackMargin))
+	defer cancel()
+	var dead []rabbit.Message
+	if err := c.handle(context.WithoutCancel(ctx), hold, b, batch, func() {}); err != nil {
+		// The database is failing. Failing the invocation would make the
+		// mapping redeliver the batch, each time spending one of the
+		// broker's deliveries and one of the mapping's redeliveries, so an
+		// outage of a few minutes would give good orders up. Instead the
+		// messages not yet settled go back to the end of queue "orders",
+		// as new messages, and the invocation succeeds.
+		back := b.unsettled(batch)
+		c.Log.WarnContext(ctx, "database failing; messages handed back to the queue", "messages", len(back), "err", err)
+		for _, d := range back {
+			dead = append(dead, rabbit.Message{
+				Exchange: "", RoutingKey: rabbit.Queue,
+				MessageID: d.MessageId, Type: d.Type, Timestamp: time.Now(), Body: d.Body, Headers: d.Headers,
+			})
+		}
 	}
-	if len(b.rejected) == 0 {
-		return nil
-	}
-	dead := make([]rabbit.Message, 0, len(b.rejected))
 	for _, tag := range b.rejected {
 		d := batch[tag-1]
 		dead = append(dead, rabbit.Message{
@@ -121,15 +143,22 @@ func (c *Consumer) HandleMessages(ctx context.Context, msgs []runtime.Message) e
 			Headers: amqp.Table{"x-first-death-reason": "rejected", "x-first-death-queue": rabbit.Queue},
 		})
 	}
+	if len(dead) == 0 {
+		return nil
+	}
 	pctx, cancel := context.WithTimeout(ctx, runtime.Remaining(ctx, time.Second))
 	defer cancel()
 	if err := c.Publisher.Publish(pctx, dead); err != nil {
 		// The invocation fails, the batch comes again: its invoices are
-		// no-ops then, and these are dead-lettered on the next try.
-		return fmt.Errorf("dead-letter %d messages: %w", len(dead), err)
+		// no-ops then, and the rest is handed back on the next try.
+		return fmt.Errorf("hand back or dead-letter %d messages: %w", len(dead), err)
 	}
 	return nil
 }
+
+// handBackMargin is kept back from an Amazon MQ invocation's time to hand
+// the messages of a batch back to the queue when the database fails.
+const handBackMargin = 3 * time.Second
 
 // mappedBatch settles an event source mapping's batch in memory: acks need
 // nothing (the mapping acks the batch when the invocation succeeds), and
@@ -137,10 +166,39 @@ func (c *Consumer) HandleMessages(ctx context.Context, msgs []runtime.Message) e
 type mappedBatch struct {
 	mu       sync.Mutex
 	rejected []uint64
+	acked    map[uint64]bool
+	ackedTo  uint64 // every tag up to this one was acked at once
 }
 
-func (b *mappedBatch) Ack(uint64, bool) error { return nil }
-func (b *mappedBatch) IsClosed() bool         { return false }
+func (b *mappedBatch) Ack(tag uint64, multiple bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if multiple {
+		b.ackedTo = max(b.ackedTo, tag)
+		return nil
+	}
+	if b.acked == nil {
+		b.acked = map[uint64]bool{}
+	}
+	b.acked[tag] = true
+	return nil
+}
+
+func (b *mappedBatch) IsClosed() bool { return false }
+
+// unsettled returns the deliveries of batch neither acked nor rejected.
+func (b *mappedBatch) unsettled(batch []amqp.Delivery) []amqp.Delivery {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []amqp.Delivery
+	for _, d := range batch {
+		if d.DeliveryTag <= b.ackedTo || b.acked[d.DeliveryTag] || slices.Contains(b.rejected, d.DeliveryTag) {
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
+}
 
 func (b *mappedBatch) Nack(tag uint64, multiple, requeue bool) error {
 	if multiple || requeue {

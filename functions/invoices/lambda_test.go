@@ -400,3 +400,55 @@ func TestLambdaDrainAfterBrokerCut(t *testing.T) {
 		t.Errorf("drain after the cut: %+v, %d invoices", drained, s.invoiceCount(t))
 	}
 }
+
+// While the invoices database fails, an Amazon MQ batch is not failed (the
+// mapping would redeliver it, spending its deliveries): it is held until
+// shortly before the deadline, then handed back to queue "orders" and the
+// invocation succeeds. Nothing is invoiced, nothing dead-lettered, and a
+// drain once the database is back invoices every order once.
+func TestLambdaAmazonMQDatabaseOutageHandsBatchBack(t *testing.T) {
+	s := newService(t)
+	du, err := url.Parse(s.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.NewProxy(t, du.Host)
+	du.Host = proxy.Addr()
+	l := testenv.StartLambda(t, testenv.Binary(t, invoicesCmd), map[string]string{
+		"DATABASE_URL": du.String(), "BROKER_URL": s.brokerURL, "LOG_LEVEL": "debug",
+		"DB_TIMEOUT": "1s", "AWS_LAMBDA_FUNCTION_TIMEOUT": "8",
+	})
+	var msgs []amqp.Delivery
+	var orderIDs []uuid.UUID
+	for i := range 3 {
+		e := newEvent("outage", int64(10+i))
+		body, _ := json.Marshal(e)
+		msgs = append(msgs, amqp.Delivery{MessageId: e.EventID.String(), Type: event.TypeOrderCreated,
+			ContentType: "application/json", DeliveryMode: 2, Timestamp: time.Now(), Body: body})
+		orderIDs = append(orderIDs, e.OrderID)
+	}
+
+	proxy.Cut()
+	var answer map[string]int
+	invokeJSON(t, l, amazonMQEvent(t, msgs, false), &answer)
+	if answer["processed"] != 3 {
+		t.Errorf("answered %v", answer)
+	}
+	proxy.Restore()
+	testenv.Eventually(t, 10*time.Second, "the batch back in queue orders", func() bool { return s.ready(t) == 3 })
+	if n := s.invoiceCount(t); n != 0 {
+		t.Errorf("%d invoices while the database failed", n)
+	}
+	if n := s.deadLetters(t); n != 0 {
+		t.Errorf("%d messages dead-lettered while the database failed", n)
+	}
+
+	var drained DrainResult
+	invokeJSON(t, l, sampleEvent(t, "invoices", "schedule.json"), &drained)
+	for _, id := range orderIDs {
+		if n := s.invoicesOf(t, id); n != 1 {
+			t.Errorf("order %s has %d invoices", id, n)
+		}
+	}
+	s.assertGapless(t)
+}

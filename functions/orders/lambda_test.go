@@ -10,10 +10,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"reflect"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -274,12 +274,11 @@ func TestLambdaSampleEvents(t *testing.T) {
 	})
 }
 
-
 // httpRequest is one request as a client sends it; events builds the event
 // each kind of front end would hand the function for it.
 type httpRequest struct {
 	method, target, body string // target: escaped path and query, as on the wire
-	headers                  map[string]string
+	headers              map[string]string
 }
 
 func (r httpRequest) split(t *testing.T) (rawPath, rawQuery string, decodedPath string, query url.Values) {
@@ -373,7 +372,7 @@ func albEvent(t *testing.T, r httpRequest) []byte {
 	e := events.ALBTargetGroupRequest{
 		HTTPMethod: r.method, Path: rawPath, MultiValueQueryStringParameters: query, MultiValueHeaders: headers,
 		RequestContext: events.ALBTargetGroupRequestContext{ELB: events.ELBContext{TargetGroupArn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/orders/0123456789abcdef"}},
-		Body: body, IsBase64Encoded: b64,
+		Body:           body, IsBase64Encoded: b64,
 	}
 	b, _ := json.Marshal(e)
 	return b
