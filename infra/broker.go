@@ -10,7 +10,6 @@ import (
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/efs"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lb"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/mq"
-	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/secretsmanager"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 )
 
@@ -35,12 +34,12 @@ const (
 // Broker is what the services and the outputs need of either broker.
 type Broker struct {
 	URL           pulumi.StringOutput // secret: amqp(s)://user:password@host:port/
-	URLSecret     *secretsmanager.Secret
+	URLSecret     *Secret
 	AMQPHost      pulumi.StringOutput
 	ManagementURL pulumi.StringOutput
 	// Amazon MQ only: for the invoices event source mapping.
 	AmazonMQ          *mq.Broker
-	CredentialsSecret *secretsmanager.Secret
+	CredentialsSecret *Secret
 	// Fargate only: the management target group, for the ALB listener.
 	MgmtTargetGroup *lb.TargetGroup
 }

@@ -6,14 +6,13 @@ import (
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/rds"
-	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/secretsmanager"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 )
 
 // Database holds the two services' DATABASE_URL secrets.
 type Database struct {
-	OrdersURL   *secretsmanager.Secret
-	InvoicesURL *secretsmanager.Secret
+	OrdersURL   *Secret
+	InvoicesURL *Secret
 	// Instance and Proxy are set with database=rds (Proxy with deployMode=lambda).
 	Instance *rds.Instance
 	Proxy    *rds.Proxy

@@ -123,7 +123,7 @@ func newFunctions(ctx *pulumi.Context, s *Settings, d serviceDeps) (*Functions, 
 		if mqBroker {
 			if _, err := lambda.NewEventSourceMapping(ctx, "invoices-amazonmq", &lambda.EventSourceMappingArgs{
 				FunctionName: fn.Arn, EventSourceArn: d.broker.AmazonMQ.Arn,
-				Queues: pulumi.StringArray{pulumi.String("orders")}, BatchSize: pulumi.Int(100),
+				Queues: pulumi.String("orders"), BatchSize: pulumi.Int(100),
 				MaximumBatchingWindowInSeconds: pulumi.Int(1),
 				SourceAccessConfigurations: lambda.EventSourceMappingSourceAccessConfigurationArray{
 					&lambda.EventSourceMappingSourceAccessConfigurationArgs{Type: pulumi.String("BASIC_AUTH"), Uri: d.broker.CredentialsSecret.Arn},

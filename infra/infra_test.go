@@ -60,6 +60,8 @@ func (m *mocks) NewResource(a pulumi.MockResourceArgs) (string, resource.Propert
 		out["arn"] = resource.NewStringProperty(fmt.Sprintf("arn:aws:secretsmanager:%s:123456789012:secret:%s", testRegion, a.Name))
 	case "aws:lambda/function:Function":
 		out["arn"] = resource.NewStringProperty(fmt.Sprintf("arn:aws:lambda:%s:123456789012:function:%s", testRegion, a.Inputs["name"].StringValue()))
+	case "aws:secretsmanager/secretVersion:SecretVersion":
+		out["versionId"] = resource.NewStringProperty("v-" + a.Name)
 	case "aws:lb/loadBalancer:LoadBalancer":
 		out["dnsName"] = resource.NewStringProperty(a.Name + ".elb.example.com")
 	case "aws:ecr/repository:Repository":
@@ -126,6 +128,7 @@ func run(t *testing.T, cfg map[string]string) (*stack, error) {
 	t.Setenv("PULUMI_CONFIG_SECRET_KEYS", string(kb))
 	st := &stack{t: t, m: &mocks{}, outputs: map[string]any{}}
 	var mu sync.Mutex
+	var wg sync.WaitGroup
 	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
 		out, err := build(ctx)
 		if err != nil {
@@ -137,7 +140,9 @@ func run(t *testing.T, cfg map[string]string) (*stack, error) {
 			if pulumi.IsSecret(o) {
 				st.secretOut = append(st.secretOut, k)
 			}
+			wg.Add(1)
 			o.ApplyT(func(x any) any {
+				defer wg.Done()
 				mu.Lock()
 				st.outputs[k] = x
 				mu.Unlock()
@@ -146,6 +151,10 @@ func run(t *testing.T, cfg map[string]string) (*stack, error) {
 		}
 		return nil
 	}, pulumi.WithMocks("invoicing", "test", st.m))
+	if err == nil {
+		// Applies on plain values are not awaited by RunErr.
+		wg.Wait()
+	}
 	return st, err
 }
 
@@ -357,6 +366,9 @@ func TestEveryModeCombination(t *testing.T) {
 		t.Run(strings.ReplaceAll(md.String(), "/", "_"), func(t *testing.T) {
 			st := mustRun(t, baseConfig(md))
 			checkNetwork(t, st)
+			if got := st.names("aws:ecr/repository:Repository"); !slices.Equal(got, []string{"invoices", "orders"}) {
+				t.Errorf("ECR repositories %v", got)
+			}
 			checkNoSecretLeaks(t, st)
 			checkIngress(t, st, md)
 			checkGateway(t, st, md)
@@ -499,7 +511,24 @@ func checkIngress(t *testing.T, st *stack, md mode) {
 		if in.port == 8001 || in.port == 8444 {
 			t.Errorf("sg %s opens Kong's admin API", in.group)
 		}
+		if (in.cidr == "") == (in.from == "") {
+			t.Errorf("sg %s port %d: rule with neither or both of a CIDR and a group", in.group, in.port)
+		}
 		switch in.group {
+		case "alb", "nlb":
+			if in.cidr == "" {
+				t.Errorf("sg %s admits group %s", in.group, in.from)
+			}
+		case "amazonmq":
+			ok := (in.port == AMQPSPort && (in.from == "services" || in.from == "functions" || in.from == "amazonmq")) ||
+				(in.port == 443 && in.cidr == vpcCIDR)
+			if !ok {
+				t.Errorf("Amazon MQ reachable on %d from %q %q", in.port, in.from, in.cidr)
+			}
+		case "db-proxy":
+			if in.from != "functions" || in.port != PostgresPort {
+				t.Errorf("db proxy reachable on %d from %q %q", in.port, in.from, in.cidr)
+			}
 		case "kong":
 			if in.from != "alb" {
 				t.Errorf("kong reachable from %q %q", in.from, in.cidr)
@@ -564,7 +593,6 @@ func checkGateway(t *testing.T, st *stack, md mode) {
 	if err := yaml.Unmarshal([]byte(e["KONG_DECLARATIVE_CONFIG_STRING"]), &doc); err != nil {
 		t.Fatalf("kong config: %v", err)
 	}
-	policies := st.one("aws:iam/rolePolicy:RolePolicy", "kong-task")
 	switch md.deploy {
 	case DeployFargate:
 		got := map[string]string{}
@@ -597,6 +625,7 @@ func checkGateway(t *testing.T, st *stack, md mode) {
 				t.Errorf("route %s invokes %q, want %q", r.Name, fn, want)
 			}
 		}
+		policies := st.one("aws:iam/rolePolicy:RolePolicy", "kong-task")
 		var pol struct{ Statement []Statement }
 		_ = json.Unmarshal([]byte(str(policies.Inputs["policy"])), &pol)
 		want := []Statement{{Effect: "Allow", Action: []string{"lambda:InvokeFunction"}, Resource: []string{
@@ -679,9 +708,6 @@ func checkDeployMode(t *testing.T, st *stack, md mode) {
 		if fns := st.byType("aws:lambda/function:Function"); len(fns) != 0 {
 			t.Errorf("functions in fargate mode")
 		}
-		if got := st.names("aws:ecr/repository:Repository"); !slices.Equal(got, []string{"invoices", "orders"}) {
-			t.Errorf("ECR repositories %v", got)
-		}
 		if n := len(st.byType("aws:cloudwatch/eventRule:EventRule")); n != 0 {
 			t.Errorf("%d schedules in fargate mode", n)
 		}
@@ -696,6 +722,9 @@ func checkDeployMode(t *testing.T, st *stack, md mode) {
 			}
 			if got := slices.Sorted(maps.Keys(secretEnv(c))); !slices.Equal(got, []string{"BROKER_URL", "DATABASE_URL", "OTEL_EXPORTER_OTLP_HEADERS"}) {
 				t.Errorf("%s secrets %v", app.Name, got)
+			}
+			if env(c)["SECRETS_VERSION"] != "v-"+app.Name+"-database-url,v-broker-url,v-otlp-headers" {
+				t.Errorf("%s SECRETS_VERSION=%q", app.Name, env(c)["SECRETS_VERSION"])
 			}
 			if env(c)["PORT"] != fmt.Sprint(app.Port) || env(c)["OTEL_SERVICE_NAME"] != app.Name {
 				t.Errorf("%s env %v", app.Name, env(c))
@@ -716,9 +745,6 @@ func checkDeployMode(t *testing.T, st *stack, md mode) {
 			}
 		}
 	case DeployLambda:
-		if n := len(st.byType("aws:ecr/repository:Repository")); n != 0 {
-			t.Errorf("ECR repositories in lambda mode")
-		}
 		if n := len(st.byType("aws:appautoscaling/target:Target")); n != 0 {
 			t.Errorf("scaling targets in lambda mode")
 		}
@@ -753,7 +779,8 @@ func checkDeployMode(t *testing.T, st *stack, md mode) {
 				t.Errorf("%s schedule targets %q", app.Name, str(target.Inputs["arn"]))
 			}
 			perm := st.one("aws:lambda/permission:Permission", app.Name+"-"+what)
-			if str(perm.Inputs["principal"]) != "events.amazonaws.com" || str(perm.Inputs["sourceArn"]) != str(rule.Inputs["arn"]) && str(perm.Inputs["sourceArn"]) != "arn:aws:cloudwatch:eu-west-1:123456789012:"+app.Name+"-"+what {
+			if str(perm.Inputs["principal"]) != "events.amazonaws.com" || str(perm.Inputs["sourceArn"]) != "arn:aws:cloudwatch:eu-west-1:123456789012:"+app.Name+"-"+what ||
+				str(perm.Inputs["function"]) != "invoicing-test-"+app.Name {
 				t.Errorf("%s permission %v", app.Name, perm.Inputs)
 			}
 			// The role reads exactly the function's own secrets.
@@ -857,7 +884,7 @@ func checkBrokerMode(t *testing.T, st *stack, md mode) {
 				t.Fatalf("%d event source mappings", len(esm))
 			}
 			in := esm[0].Inputs
-			if str(in["eventSourceArn"]) != "arn:aws:mq:eu-west-1:123456789012:broker" || !slices.Equal(strs(in["queues"]), []string{"orders"}) ||
+			if str(in["eventSourceArn"]) != "arn:aws:mq:eu-west-1:123456789012:broker" || str(in["queues"]) != "orders" ||
 				str(in["functionName"]) != "arn:aws:lambda:eu-west-1:123456789012:function:invoicing-test-invoices" {
 				t.Errorf("event source mapping %v", in)
 			}

@@ -122,6 +122,9 @@ func build(ctx *pulumi.Context) (Outputs, error) {
 		}
 	}
 
+	if sd.repos, err = newRepositories(ctx, s); err != nil {
+		return nil, err
+	}
 	out := Outputs{
 		"deployMode": pulumi.String(s.DeployMode),
 		"brokerMode": pulumi.String(s.BrokerMode),
@@ -131,12 +134,8 @@ func build(ctx *pulumi.Context) (Outputs, error) {
 	gd := gatewayDeps{net: n, cluster: cluster, albSG: albSG, kongSG: kongSG, broker: broker}
 	switch s.DeployMode {
 	case DeployFargate:
-		fa, err := newFargateApps(ctx, s, sd)
-		if err != nil {
+		if err := newFargateApps(ctx, s, sd); err != nil {
 			return nil, err
-		}
-		for name, repo := range fa.Repositories {
-			out[name+"Repository"] = repo.RepositoryUrl
 		}
 	case DeployLambda:
 		fns, err := newFunctions(ctx, s, sd)
@@ -147,6 +146,9 @@ func build(ctx *pulumi.Context) (Outputs, error) {
 		for name, fn := range fns.ByName {
 			out[name+"Function"] = fn.Name
 		}
+	}
+	for name, repo := range sd.repos {
+		out[name+"Repository"] = repo.RepositoryUrl
 	}
 	gw, err := newGateway(ctx, s, gd)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/vpc"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 )
 
@@ -144,7 +145,7 @@ func newSecurityGroup(ctx *pulumi.Context, s *Settings, n *Network, name, descri
 	if err != nil {
 		return nil, err
 	}
-	if _, err := ec2.NewSecurityGroupEgressRule(ctx, name+"-egress", &ec2.SecurityGroupEgressRuleArgs{
+	if _, err := vpc.NewSecurityGroupEgressRule(ctx, name+"-egress", &vpc.SecurityGroupEgressRuleArgs{
 		SecurityGroupId: sg.ID(), IpProtocol: pulumi.String("-1"), CidrIpv4: pulumi.String("0.0.0.0/0"),
 		Description: pulumi.String("all outbound"),
 	}); err != nil {
@@ -158,8 +159,8 @@ func newSecurityGroup(ctx *pulumi.Context, s *Settings, n *Network, name, descri
 
 func addIngress(ctx *pulumi.Context, name string, sg *ec2.SecurityGroup, rules []Rule) error {
 	for _, r := range rules {
-		base := func(suffix string) *ec2.SecurityGroupIngressRuleArgs {
-			return &ec2.SecurityGroupIngressRuleArgs{
+		base := func(suffix string) *vpc.SecurityGroupIngressRuleArgs {
+			return &vpc.SecurityGroupIngressRuleArgs{
 				SecurityGroupId: sg.ID(), IpProtocol: pulumi.String("tcp"),
 				FromPort: pulumi.Int(r.Port), ToPort: pulumi.Int(r.Port), Description: pulumi.String(r.Reason),
 			}
@@ -167,21 +168,21 @@ func addIngress(ctx *pulumi.Context, name string, sg *ec2.SecurityGroup, rules [
 		for i, from := range r.From {
 			a := base("")
 			a.ReferencedSecurityGroupId = from
-			if _, err := ec2.NewSecurityGroupIngressRule(ctx, fmt.Sprintf("%s-%d-sg%d", name, r.Port, i), a); err != nil {
+			if _, err := vpc.NewSecurityGroupIngressRule(ctx, fmt.Sprintf("%s-%d-sg%d", name, r.Port, i), a); err != nil {
 				return err
 			}
 		}
 		if r.Self {
 			a := base("")
 			a.ReferencedSecurityGroupId = sg.ID()
-			if _, err := ec2.NewSecurityGroupIngressRule(ctx, fmt.Sprintf("%s-%d-self", name, r.Port), a); err != nil {
+			if _, err := vpc.NewSecurityGroupIngressRule(ctx, fmt.Sprintf("%s-%d-self", name, r.Port), a); err != nil {
 				return err
 			}
 		}
 		for i, cidr := range r.CIDRs {
 			a := base("")
 			a.CidrIpv4 = pulumi.String(cidr)
-			if _, err := ec2.NewSecurityGroupIngressRule(ctx, fmt.Sprintf("%s-%d-cidr%d", name, r.Port, i), a); err != nil {
+			if _, err := vpc.NewSecurityGroupIngressRule(ctx, fmt.Sprintf("%s-%d-cidr%d", name, r.Port, i), a); err != nil {
 				return err
 			}
 		}

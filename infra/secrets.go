@@ -12,7 +12,13 @@ import (
 // get it through their task definition's `secrets`, functions read it at
 // start through their role; the value never appears in an environment or an
 // output.
-func newSecret(ctx *pulumi.Context, s *Settings, name, description string, value pulumi.StringOutput) (*secretsmanager.Secret, error) {
+// Secret is a Secrets Manager secret and its current version.
+type Secret struct {
+	*secretsmanager.Secret
+	Version *secretsmanager.SecretVersion
+}
+
+func newSecret(ctx *pulumi.Context, s *Settings, name, description string, value pulumi.StringOutput) (*Secret, error) {
 	sec, err := secretsmanager.NewSecret(ctx, name, &secretsmanager.SecretArgs{
 		Name:                 pulumi.String(s.Name(name)),
 		Description:          pulumi.String(description),
@@ -22,13 +28,14 @@ func newSecret(ctx *pulumi.Context, s *Settings, name, description string, value
 	if err != nil {
 		return nil, err
 	}
-	if _, err := secretsmanager.NewSecretVersion(ctx, name, &secretsmanager.SecretVersionArgs{
+	v, err := secretsmanager.NewSecretVersion(ctx, name, &secretsmanager.SecretVersionArgs{
 		SecretId:     sec.ID(),
 		SecretString: pulumi.ToSecret(value).(pulumi.StringOutput),
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
-	return sec, nil
+	return &Secret{Secret: sec, Version: v}, nil
 }
 
 // credentialsJSON is the {"username","password"} shape Amazon MQ event
@@ -81,8 +88,8 @@ func newRole(ctx *pulumi.Context, s *Settings, name, service string, policy pulu
 		AssumeRolePolicy: assumeRolePolicy(service),
 		Tags:             tags(s, name),
 	}
-	for _, m := range managed {
-		args.ManagedPolicyArns = append(args.ManagedPolicyArns, pulumi.String(m))
+	if len(managed) > 0 {
+		args.ManagedPolicyArns = pulumi.ToStringArray(managed)
 	}
 	role, err := iam.NewRole(ctx, name, args)
 	if err != nil {

@@ -2,12 +2,12 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/appautoscaling"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ecr"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ecs"
-	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/secretsmanager"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 )
 
@@ -32,19 +32,25 @@ const (
 
 // appSecrets are the secrets one service reads, by variable name.
 type appSecrets struct {
-	names []string
-	arns  []pulumi.StringInput
+	names    []string
+	arns     []pulumi.StringInput
+	versions []pulumi.StringInput // version ids, not values
 }
 
-func secretsFor(app App, s *Settings, db *Database, broker *Broker, otlpHeaders *secretsmanager.Secret) appSecrets {
+func secretsFor(app App, s *Settings, db *Database, broker *Broker, otlpHeaders *Secret) appSecrets {
 	dbURL := db.OrdersURL
 	if app.Name == "invoices" {
 		dbURL = db.InvoicesURL
 	}
-	out := appSecrets{names: []string{"DATABASE_URL", "BROKER_URL"}, arns: []pulumi.StringInput{dbURL.Arn, broker.URLSecret.Arn}}
+	out := appSecrets{names: []string{"DATABASE_URL", "BROKER_URL"}}
+	list := []*Secret{dbURL, broker.URLSecret}
 	if otlpHeaders != nil {
 		out.names = append(out.names, "OTEL_EXPORTER_OTLP_HEADERS")
-		out.arns = append(out.arns, otlpHeaders.Arn)
+		list = append(list, otlpHeaders)
+	}
+	for _, sec := range list {
+		out.arns = append(out.arns, sec.Arn)
+		out.versions = append(out.versions, sec.Version.VersionId)
 	}
 	return out
 }
@@ -72,18 +78,16 @@ type serviceDeps struct {
 	appSG    *ec2.SecurityGroup
 	db       *Database
 	broker   *Broker
-	otlp     *secretsmanager.Secret
+	otlp     *Secret
 	svcDisco func(name string) (pulumi.StringOutput, error)
+	repos    map[string]*ecr.Repository
 }
 
-// FargateApps are the ECR repositories (also kept in lambda mode? no:
-// functions deploy from zips) and services of deployMode=fargate.
-type FargateApps struct {
-	Repositories map[string]*ecr.Repository
-}
-
-func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) (*FargateApps, error) {
-	out := &FargateApps{Repositories: map[string]*ecr.Repository{}}
+// newRepositories creates the services' ECR repositories. They exist in
+// both deploy modes, so switching to lambda and back never has to delete a
+// repository that still holds images.
+func newRepositories(ctx *pulumi.Context, s *Settings) (map[string]*ecr.Repository, error) {
+	out := map[string]*ecr.Repository{}
 	for _, app := range apps {
 		repo, err := ecr.NewRepository(ctx, app.Name, &ecr.RepositoryArgs{
 			Name:                       pulumi.String(s.Project + "/" + app.Name),
@@ -95,7 +99,7 @@ func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) (*FargateAp
 		if err != nil {
 			return nil, err
 		}
-		out.Repositories[app.Name] = repo
+		out[app.Name] = repo
 		if _, err := ecr.NewLifecyclePolicy(ctx, app.Name, &ecr.LifecyclePolicyArgs{
 			Repository: repo.Name,
 			Policy: pulumi.String(`{"rules":[{"rulePriority":1,"description":"keep the 30 newest images",` +
@@ -103,30 +107,52 @@ func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) (*FargateAp
 		}); err != nil {
 			return nil, err
 		}
+	}
+	return out, nil
+}
+
+// newFargateApps runs orders and invoices as Fargate services
+// (deployMode=fargate), registered in Cloud Map for Kong, scaling on CPU.
+func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) error {
+	for _, app := range apps {
+		repo := d.repos[app.Name]
 		logs, err := newLogGroup(ctx, s, app.Name, "/invoicing/"+ctx.Stack()+"/"+app.Name)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		sec := secretsFor(app, s, d.db, d.broker, d.otlp)
 		execRole, err := newRole(ctx, s, app.Name+"-execution", "ecs-tasks.amazonaws.com",
 			policyJSON(func(a []string) []Statement { return []Statement{readSecrets(a)} }, sec.arns...),
 			"arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		// The services call no AWS API: their task role grants nothing.
 		taskRole, err := newRole(ctx, s, app.Name+"-task", "ecs-tasks.amazonaws.com", nil)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		inputs := append([]pulumi.StringInput{repo.RepositoryUrl, logs.Name}, sec.arns...)
+		// ECS reads secrets when a task starts: the versions' ids in the
+		// environment make a changed value (a new BROKER_URL after a
+		// broker switch, a rotated password) roll out new tasks.
+		versions := pulumi.All(toAny(sec.versions)...).ApplyT(func(v []any) string {
+			ids := make([]string, len(v))
+			for i, x := range v {
+				ids[i] = x.(string)
+			}
+			return strings.Join(ids, ",")
+		}).(pulumi.StringOutput)
+		inputs := append([]pulumi.StringInput{repo.RepositoryUrl, logs.Name, versions}, sec.arns...)
 		app := app
 		def := containerJSON(func(v []string) Container {
 			c := Container{
 				Name: app.Name, Image: v[0] + ":" + s.ImageTag, Essential: true,
 				Command:      []string{"serve"},
 				PortMappings: []PortMapping{{ContainerPort: app.Port, Protocol: "tcp", Name: "http"}},
-				Environment:  append([]KeyValue{{Name: "PORT", Value: fmt.Sprint(app.Port)}}, plainEnv(app, s)...),
+				Environment: append([]KeyValue{
+					{Name: "PORT", Value: fmt.Sprint(app.Port)},
+					{Name: "SECRETS_VERSION", Value: v[2]},
+				}, plainEnv(app, s)...),
 				HealthCheck: &HealthCheck{Command: []string{"CMD", AppContainerPath, "healthcheck"},
 					Interval: 10, Timeout: 5, Retries: 3, StartPeriod: 30},
 				// SHUTDOWN_TIMEOUT is 20 s: drain, then flush telemetry.
@@ -135,7 +161,7 @@ func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) (*FargateAp
 				LogConfiguration:       awsLogs(s, v[1], app.Name),
 			}
 			for i, name := range sec.names {
-				c.Secrets = append(c.Secrets, SecretRef{Name: name, ValueFrom: v[2+i]})
+				c.Secrets = append(c.Secrets, SecretRef{Name: name, ValueFrom: v[3+i]})
 			}
 			return c
 		}, inputs...)
@@ -150,11 +176,11 @@ func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) (*FargateAp
 			Tags: tags(s, app.Name),
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		registry, err := d.svcDisco(app.Name)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		svc, err := ecs.NewService(ctx, app.Name, &ecs.ServiceArgs{
 			Name: pulumi.String(app.Name), Cluster: d.cluster.Arn, TaskDefinition: td.Arn,
@@ -171,7 +197,7 @@ func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) (*FargateAp
 			Tags:              tags(s, app.Name),
 		}, pulumi.IgnoreChanges([]string{"desiredCount"})) // Application Auto Scaling owns it
 		if err != nil {
-			return nil, err
+			return err
 		}
 		target, err := appautoscaling.NewTarget(ctx, app.Name, &appautoscaling.TargetArgs{
 			ServiceNamespace: pulumi.String("ecs"), ScalableDimension: pulumi.String("ecs:service:DesiredCount"),
@@ -179,7 +205,7 @@ func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) (*FargateAp
 			MinCapacity: pulumi.Int(s.DesiredCount), MaxCapacity: pulumi.Int(s.MaxCount),
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if _, err := appautoscaling.NewPolicy(ctx, app.Name+"-cpu", &appautoscaling.PolicyArgs{
 			Name: pulumi.String(s.Name(app.Name + "-cpu")), PolicyType: pulumi.String("TargetTrackingScaling"),
@@ -192,8 +218,16 @@ func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) (*FargateAp
 				ScaleInCooldown: pulumi.Int(300), ScaleOutCooldown: pulumi.Int(60),
 			},
 		}); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return out, nil
+	return nil
+}
+
+func toAny(in []pulumi.StringInput) []any {
+	out := make([]any, len(in))
+	for i, x := range in {
+		out[i] = x
+	}
+	return out
 }
