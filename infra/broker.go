@@ -40,8 +40,11 @@ type Broker struct {
 	// Amazon MQ only: for the invoices event source mapping.
 	AmazonMQ          *mq.Broker
 	CredentialsSecret *Secret
-	// Fargate only: the management target group, for the ALB listener.
+	// Fargate only: the management target group, for the ALB listener,
+	// and the ECS service, started once the listeners of both its target
+	// groups exist (ECS refuses a target group no load balancer uses).
 	MgmtTargetGroup *lb.TargetGroup
+	StartService    func(listeners []pulumi.Resource) error
 }
 
 func brokerURL(scheme, user string, password pulumi.StringOutput, host pulumi.StringOutput, port int) pulumi.StringOutput {
@@ -216,10 +219,11 @@ func newFargateBroker(ctx *pulumi.Context, s *Settings, d brokerDeps) (*Broker, 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := lb.NewListener(ctx, "amqp", &lb.ListenerArgs{
+	amqpListener, err := lb.NewListener(ctx, "amqp", &lb.ListenerArgs{
 		LoadBalancerArn: nlb.Arn, Port: pulumi.Int(AMQPPort), Protocol: pulumi.String("TCP"),
 		DefaultActions: lb.ListenerDefaultActionArray{&lb.ListenerDefaultActionArgs{Type: pulumi.String("forward"), TargetGroupArn: amqpTG.Arn}},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
 	b.MgmtTargetGroup, err = lb.NewTargetGroup(ctx, "rabbitmq-mgmt", &lb.TargetGroupArgs{
@@ -235,25 +239,26 @@ func newFargateBroker(ctx *pulumi.Context, s *Settings, d brokerDeps) (*Broker, 
 	if err != nil {
 		return nil, err
 	}
-	if _, err := ecs.NewService(ctx, "rabbitmq", &ecs.ServiceArgs{
-		Name: pulumi.String("rabbitmq"), Cluster: d.cluster.Arn, TaskDefinition: td.Arn,
-		LaunchType: pulumi.String("FARGATE"), PlatformVersion: pulumi.String("LATEST"),
-		DesiredCount:                    pulumi.Int(1),
-		DeploymentMaximumPercent:        pulumi.Int(100),
-		DeploymentMinimumHealthyPercent: pulumi.Int(0),
-		HealthCheckGracePeriodSeconds:   pulumi.Int(180),
-		NetworkConfiguration: &ecs.ServiceNetworkConfigurationArgs{
-			Subnets: n.PrivateSubnets, SecurityGroups: pulumi.StringArray{rabbitSG.ID()}, AssignPublicIp: pulumi.Bool(false),
-		},
-		LoadBalancers: ecs.ServiceLoadBalancerArray{
-			&ecs.ServiceLoadBalancerArgs{TargetGroupArn: amqpTG.Arn, ContainerName: pulumi.String("rabbitmq"), ContainerPort: pulumi.Int(AMQPPort)},
-			&ecs.ServiceLoadBalancerArgs{TargetGroupArn: b.MgmtTargetGroup.Arn, ContainerName: pulumi.String("rabbitmq"), ContainerPort: pulumi.Int(MgmtPort)},
-		},
-		ServiceRegistries: &ecs.ServiceServiceRegistriesArgs{RegistryArn: registry},
-		PropagateTags:     pulumi.String("SERVICE"),
-		Tags:              tags(s, "rabbitmq"),
-	}, pulumi.DependsOn(mounts)); err != nil {
-		return nil, err
+	b.StartService = func(listeners []pulumi.Resource) error {
+		_, err := ecs.NewService(ctx, "rabbitmq", &ecs.ServiceArgs{
+			Name: pulumi.String("rabbitmq"), Cluster: d.cluster.Arn, TaskDefinition: td.Arn,
+			LaunchType: pulumi.String("FARGATE"), PlatformVersion: pulumi.String("LATEST"),
+			DesiredCount:                    pulumi.Int(1),
+			DeploymentMaximumPercent:        pulumi.Int(100),
+			DeploymentMinimumHealthyPercent: pulumi.Int(0),
+			HealthCheckGracePeriodSeconds:   pulumi.Int(180),
+			NetworkConfiguration: &ecs.ServiceNetworkConfigurationArgs{
+				Subnets: n.PrivateSubnets, SecurityGroups: pulumi.StringArray{rabbitSG.ID()}, AssignPublicIp: pulumi.Bool(false),
+			},
+			LoadBalancers: ecs.ServiceLoadBalancerArray{
+				&ecs.ServiceLoadBalancerArgs{TargetGroupArn: amqpTG.Arn, ContainerName: pulumi.String("rabbitmq"), ContainerPort: pulumi.Int(AMQPPort)},
+				&ecs.ServiceLoadBalancerArgs{TargetGroupArn: b.MgmtTargetGroup.Arn, ContainerName: pulumi.String("rabbitmq"), ContainerPort: pulumi.Int(MgmtPort)},
+			},
+			ServiceRegistries: &ecs.ServiceServiceRegistriesArgs{RegistryArn: registry},
+			PropagateTags:     pulumi.String("SERVICE"),
+			Tags:              tags(s, "rabbitmq"),
+		}, pulumi.DependsOn(append(append(mounts, amqpListener), listeners...)))
+		return err
 	}
 	b.AMQPHost = nlb.DnsName
 	return b, nil

@@ -150,11 +150,13 @@ func newGateway(ctx *pulumi.Context, s *Settings, d gatewayDeps) (*Gateway, erro
 			Redirect: &lb.ListenerDefaultActionRedirectArgs{Protocol: pulumi.String("HTTPS"), Port: pulumi.String("443"), StatusCode: pulumi.String("HTTP_301")},
 		}}
 	}
-	if _, err := lb.NewListener(ctx, "http", &lb.ListenerArgs{
+	httpListener, err := lb.NewListener(ctx, "http", &lb.ListenerArgs{
 		LoadBalancerArn: alb.Arn, Port: pulumi.Int(80), Protocol: pulumi.String("HTTP"), DefaultActions: httpAction,
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
+	kongListeners := []pulumi.Resource{httpListener}
 	tlsArgs := func(port int, tg *lb.TargetGroup) *lb.ListenerArgs {
 		a := &lb.ListenerArgs{LoadBalancerArn: alb.Arn, Port: pulumi.Int(port), Protocol: pulumi.String("HTTP"), DefaultActions: forward(tg)}
 		if https {
@@ -165,14 +167,20 @@ func newGateway(ctx *pulumi.Context, s *Settings, d gatewayDeps) (*Gateway, erro
 		return a
 	}
 	if https {
-		if _, err := lb.NewListener(ctx, "https", tlsArgs(443, kongTG)); err != nil {
+		l, err := lb.NewListener(ctx, "https", tlsArgs(443, kongTG))
+		if err != nil {
 			return nil, err
 		}
+		kongListeners = append(kongListeners, l)
 	}
 	scheme := map[bool]string{false: "http", true: "https"}[https]
 	g := &Gateway{URL: pulumi.Sprintf("%s://%s", scheme, alb.DnsName)}
 	if d.broker.MgmtTargetGroup != nil {
-		if _, err := lb.NewListener(ctx, "rabbitmq-mgmt", tlsArgs(MgmtPort, d.broker.MgmtTargetGroup)); err != nil {
+		l, err := lb.NewListener(ctx, "rabbitmq-mgmt", tlsArgs(MgmtPort, d.broker.MgmtTargetGroup))
+		if err != nil {
+			return nil, err
+		}
+		if err := d.broker.StartService([]pulumi.Resource{l}); err != nil {
 			return nil, err
 		}
 		g.ManagementURL = pulumi.Sprintf("%s://%s:%d/", scheme, alb.DnsName, MgmtPort)
@@ -193,7 +201,7 @@ func newGateway(ctx *pulumi.Context, s *Settings, d gatewayDeps) (*Gateway, erro
 		}},
 		PropagateTags: pulumi.String("SERVICE"),
 		Tags:          tags(s, "kong"),
-	}); err != nil {
+	}, pulumi.DependsOn(kongListeners)); err != nil {
 		return nil, err
 	}
 	return g, nil
