@@ -6,7 +6,7 @@
 SERVICES := orders invoices
 GO       ?= go
 
-.PHONY: build run test test-race test-short fuzz vet services jaeger bench chaos mutate clean kong-config up down lambda invoke
+.PHONY: build run test test-race test-short fuzz vet services jaeger bench chaos mutate clean kong-config up down lambda invoke infra-test
 
 build: $(addprefix bin/,$(SERVICES))
 
@@ -57,6 +57,12 @@ test: services
 # Every test with the race detector, the service binaries under test included.
 test-race: services
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+# The Pulumi program (infra/, a module of its own) under pulumi.WithMocks:
+# no Pulumi CLI, no plugins, no AWS account. The first build compiles the
+# AWS provider SDK: minutes and about 3 GB of memory.
+infra-test:
+	cd infra && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # Unit tests only: skips what needs the servers.
 test-short:
