@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"invoicing/shared/secrets"
 	"time"
 )
 
@@ -17,10 +19,14 @@ import (
 type RunFunc func(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error
 
 // Main runs run with the process's environment and a context cancelled by
-// SIGINT or SIGTERM, and exits 1 when it fails.
+// SIGINT or SIGTERM, and exits 1 when it fails. Settings passed by
+// reference (NAME_SECRET_ARN) are read from Secrets Manager first.
 func Main(name string, run RunFunc) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	getenv, err := secrets.Getenv(ctx, os.Environ(), os.Getenv)
+	if err == nil {
+		err = run(ctx, os.Args[1:], getenv, os.Stdout)
+	}
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
