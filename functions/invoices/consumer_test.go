@@ -104,7 +104,7 @@ func TestDataErrorDeadLettersOnlyItsMessage(t *testing.T) {
 	}
 	s.assertGapless(t)
 	// The fallback ran on a real batch, not on a lone message.
-	fallbacks := s.logs.records("issuing one by one")
+	fallbacks := s.logs.Records("issuing one by one")
 	if len(fallbacks) == 0 {
 		t.Fatal("no batch fell back to issuing one by one")
 	}
@@ -138,7 +138,7 @@ func TestTransientDatabaseErrorDeadLettersNothing(t *testing.T) {
 			// Every attempt, whatever the consumer makes of it, logs the
 			// database's error; wait for several.
 			testenv.Eventually(t, 20*time.Second, "several failed attempts", func() bool {
-				return s.logs.count("transient trouble") >= 4
+				return s.logs.Count("transient trouble") >= 4
 			})
 			if d := s.deadLetters(t); d != 0 {
 				t.Fatalf("%d messages dead-lettered for a transient error", d)
@@ -173,12 +173,12 @@ func TestRestartsDuringDatabaseOutageSpendNoDeliveries(t *testing.T) {
 	proxy.Cut()
 	const restarts = rabbit.DeliveryLimit + 2
 	for range restarts {
-		before := s.logs.count("database unavailable")
+		before := s.logs.Count("database unavailable")
 		stop := s.runConsumer(t, proxied, s.brokerURL, n/2, 0, nil)
 		testenv.Eventually(t, 20*time.Second, "a failed attempt", func() bool {
 			// A consumer that took the messages on each start got them
 			// dead-lettered by now, and has nothing left to fail on.
-			return s.logs.count("database unavailable") > before || s.deadLetters(t) > 0
+			return s.logs.Count("database unavailable") > before || s.deadLetters(t) > 0
 		})
 		stop()
 	}

@@ -1,7 +1,6 @@
 package invoices
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -32,52 +31,17 @@ type service struct {
 	brokerURL string
 	pool      *pgxpool.Pool // direct, for assertions
 	log       *slog.Logger  // writes to logs
-	logs      *logBuffer
+	logs      *testenv.LogBuffer
 	pub       *amqp.Channel
-}
-
-// logBuffer keeps the JSON log lines of the test's consumers, so a test can
-// wait for what the consumer did (a failed attempt, a dead letter) instead
-// of sleeping.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// records returns the log records whose message contains msg.
-func (l *logBuffer) records(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) == nil && strings.Contains(fmt.Sprint(rec["msg"]), msg) {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
-
-// count returns how many log lines contain s anywhere.
-func (l *logBuffer) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
 }
 
 func newService(t *testing.T) *service {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	s := &service{brokerURL: testenv.Vhost(t), logs: logs, log: slog.New(slog.NewJSONHandler(logs, nil))}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("consumer log:\n%s", logs.b.String())
+			t.Logf("consumer log:\n%s", logs.String())
 		}
 	})
 	s.dbURL, s.pool = testenv.MigratedDatabase(t, migrations.FS)
@@ -313,7 +277,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	}
 	// Each one's log line names it and says why.
 	logged := map[string]string{}
-	for _, rec := range s.logs.records("message dead-lettered") {
+	for _, rec := range s.logs.Records("message dead-lettered") {
 		logged[fmt.Sprint(rec["message_id"])] = fmt.Sprint(rec["reason"])
 	}
 	for name := range poison {
@@ -334,7 +298,7 @@ func TestDatabaseOutageDeadLettersNothing(t *testing.T) {
 	s.waitInvoices(t, 1, 10*time.Second)
 	proxy.Cut()
 	s.publishEvent(t, newEvent("during", 1))
-	testenv.Eventually(t, 20*time.Second, "a failed batch", func() bool { return s.logs.count("holding batch") > 0 })
+	testenv.Eventually(t, 20*time.Second, "a failed batch", func() bool { return s.logs.Count("holding batch") > 0 })
 	// The consumer was cancelled before that batch was reported held: it
 	// takes no further deliveries, which would only spend their delivery
 	// limit when returned.
@@ -342,8 +306,8 @@ func TestDatabaseOutageDeadLettersNothing(t *testing.T) {
 		s.publishEvent(t, newEvent("during", 1))
 	}
 	testenv.Eventually(t, 10*time.Second, "39 messages left in the queue", func() bool { return s.ready(t) == 39 })
-	attempts := s.logs.count("holding batch")
-	testenv.Eventually(t, 20*time.Second, "more failed attempts", func() bool { return s.logs.count("holding batch") >= attempts+3 })
+	attempts := s.logs.Count("holding batch")
+	testenv.Eventually(t, 20*time.Second, "more failed attempts", func() bool { return s.logs.Count("holding batch") >= attempts+3 })
 	if r := s.ready(t); r != 39 {
 		t.Errorf("%d messages ready during the outage, want 39: deliveries were taken", r)
 	}
@@ -377,7 +341,7 @@ func TestConsumerRecoversFromBrokerConnectionLoss(t *testing.T) {
 	for range 30 {
 		s.publishEvent(t, newEvent("during", 1))
 	}
-	testenv.Eventually(t, 20*time.Second, "failed reconnects", func() bool { return s.logs.count("reconnecting") >= 2 })
+	testenv.Eventually(t, 20*time.Second, "failed reconnects", func() bool { return s.logs.Count("reconnecting") >= 2 })
 	proxy.Restore()
 	for range 10 {
 		s.publishEvent(t, newEvent("after", 1))

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -361,7 +360,7 @@ func TestNotReadyWithoutTheDatabase(t *testing.T) {
 	defer pool.Close()
 	store := NewStore(pool, 1, 8)
 	defer store.Close()
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	h := NewServer(log, store, 1<<20, map[string]web.Check{"postgres": pool.Ping})
 	s := &service{}
@@ -387,24 +386,6 @@ func TestNotReadyWithoutTheDatabase(t *testing.T) {
 	if code, got, body := s.health(t, h, "/health/live"); code != http.StatusOK || got.Status != "ok" {
 		t.Errorf("/health/live without database: %d %s", code, body)
 	}
-}
-
-// syncBuffer is a log destination that health checks write from goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // A batch that fails on one order is retried order by order: the bad one

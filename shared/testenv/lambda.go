@@ -59,20 +59,11 @@ type Lambda struct {
 func StartLambda(t testing.TB, bin string, env map[string]string) *Lambda {
 	t.Helper()
 	l, err := StartLambdaProcess(Emulator(t), bin, env, nil)
+	var p *Process
 	if l != nil {
-		t.Cleanup(func() {
-			l.Kill()
-			if strings.Contains(l.Logs(), "WARNING: DATA RACE") {
-				t.Errorf("%s reported a data race", filepath.Base(bin))
-			}
-			if t.Failed() {
-				t.Logf("%s under the emulator:\n%s", filepath.Base(bin), l.Logs())
-			}
-		})
+		p = l.Process
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	stopAtEnd(t, p, filepath.Base(bin)+" under the emulator", err)
 	return l
 }
 

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -66,7 +67,7 @@ type Process struct {
 	cmd  *exec.Cmd
 	URL  string
 	Port int
-	logs *syncBuffer
+	logs *LogBuffer
 	done chan struct{}
 	err  error
 }
@@ -96,21 +97,28 @@ func PickPort() (int, error) {
 func Start(t testing.TB, bin string, env map[string]string) *Process {
 	t.Helper()
 	p, err := StartProcess(bin, FreePort(t), env, nil, 30*time.Second)
+	stopAtEnd(t, p, filepath.Base(bin), err)
+	return p
+}
+
+// stopAtEnd kills p when the test ends, failing it on a data race report and
+// showing p's output when it failed; it fails the test now when err is set.
+func stopAtEnd(t testing.TB, p *Process, name string, err error) {
+	t.Helper()
 	if p != nil {
 		t.Cleanup(func() {
 			p.Kill()
 			if strings.Contains(p.Logs(), "WARNING: DATA RACE") {
-				t.Errorf("%s reported a data race", filepath.Base(bin))
+				t.Errorf("%s reported a data race", name)
 			}
 			if t.Failed() {
-				t.Logf("%s output:\n%s", filepath.Base(bin), p.Logs())
+				t.Logf("%s output:\n%s", name, p.Logs())
 			}
 		})
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p
 }
 
 // StartProcess runs bin on port with env added to this process's
@@ -151,7 +159,7 @@ func StartProcess(bin string, port int, env map[string]string, logs *os.File, ti
 // launch starts cmd with its output going to logs, or kept for Logs when
 // logs is nil.
 func launch(cmd *exec.Cmd, url string, port int, logs *os.File) (*Process, error) {
-	kept := &syncBuffer{}
+	kept := &LogBuffer{}
 	if logs != nil {
 		cmd.Stdout, cmd.Stderr = logs, logs
 	} else {
@@ -204,19 +212,36 @@ func (p *Process) PeakRSS() (int64, error) {
 	return 0, fmt.Errorf("no VmHWM for pid %d", p.cmd.Process.Pid)
 }
 
-type syncBuffer struct {
+// LogBuffer collects what a process or a logger writes, from any goroutine,
+// so a test can wait on a log line instead of sleeping.
+type LogBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *LogBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *LogBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Count returns how many times text occurs in what was written.
+func (s *LogBuffer) Count(text string) int { return strings.Count(s.String(), text) }
+
+// Records returns the JSON log records whose message contains msg.
+func (s *LogBuffer) Records(msg string) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(s.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && strings.Contains(fmt.Sprint(rec["msg"]), msg) {
+			out = append(out, rec)
+		}
+	}
+	return out
 }
