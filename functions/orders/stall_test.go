@@ -40,6 +40,8 @@ func (s *service) proxiedPool(t *testing.T) (*testenv.Proxy, *pgxpool.Pool) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
+	// Before pool.Close, which waits for connections still in use.
+	t.Cleanup(proxy.Cut)
 	return proxy, pool
 }
 
