@@ -14,7 +14,7 @@ import (
 // Check and Channel must return when their context ends, not when amqp091
 // notices the missing heartbeats (30 s) or the socket gives up, and the
 // session must work again once the broker answers.
-func TestCheckAndChannelEndWithTheirContextOnStalledBroker(t *testing.T) {
+func TestHealthCheckAndChannelEndWithTheirContextOnStalledBroker(t *testing.T) {
 	u, err := url.Parse(testenv.Vhost(t))
 	if err != nil {
 		t.Fatal(err)
