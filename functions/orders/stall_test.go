@@ -20,9 +20,10 @@ import (
 )
 
 // proxiedPool returns a proxy in front of the test's database and a pool
-// that goes through it. The pool never pings idle connections, so that a
-// stall hits the connections it holds rather than new ones (whose
-// connect_timeout would end the wait by itself).
+// that goes through it. The pool holds one connection (a relay's listener
+// takes its own out of the pool) and never pings it when idle, so that a
+// stall hits a connection in use rather than a new one, whose
+// connect_timeout would end the wait by itself.
 func (s *service) proxiedPool(t *testing.T) (*testenv.Proxy, *pgxpool.Pool) {
 	t.Helper()
 	dbURL := s.pool.Config().ConnString()
@@ -33,7 +34,7 @@ func (s *service) proxiedPool(t *testing.T) (*testenv.Proxy, *pgxpool.Pool) {
 	proxy := testenv.NewProxy(t, u.Host)
 	u.Host = proxy.Addr()
 	pool, err := postgres.Open(context.Background(), u.String(), func(c *pgxpool.Config) {
-		c.MaxConns = 2
+		c.MaxConns = 1
 		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	})
 	if err != nil {
@@ -129,8 +130,16 @@ func TestRelayDatabaseStallIsBounded(t *testing.T) {
 	running := newRelay(30 * time.Second)
 	runDone := make(chan error, 1)
 	go func() { runDone <- running.Run(runCtx) }()
-	testenv.Eventually(t, 20*time.Second, "the relay to publish the outbox", func() bool {
-		return s.count(t, "outbox") == 0
+	// The listener takes its connection out of the pool; the stall must
+	// find the workers' connection established, not being made.
+	testenv.Eventually(t, 20*time.Second, "the relay to publish the outbox, listening, with its connection", func() bool {
+		var listening int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND query ILIKE 'listen %'`).Scan(&listening); err != nil {
+			t.Fatal(err)
+		}
+		st := pool.Stat()
+		return s.count(t, "outbox") == 0 && listening == 1 && st.ConstructingConns() == 0 && st.TotalConns() == 1
 	})
 	proxy.Stall()
 	testenv.Eventually(t, 10*time.Second, "a relay worker waiting on the stalled database", func() bool {
