@@ -120,18 +120,32 @@ func (c *Consumer) consume(ctx context.Context) error {
 	if err := c.Session.Redeclare(ctx); err != nil {
 		return err
 	}
-	ch, err := c.Session.Channel(ctx)
+	// Opening the channel, Qos and Consume wait for the broker's answer and
+	// ignore ctx: on shutdown, abandon the connection rather than wait for
+	// a broker that stopped answering.
+	conn, err := c.Session.Connection(ctx)
 	if err != nil {
 		return err
 	}
+	unbound := context.AfterFunc(ctx, func() { c.Session.Abandon(conn) })
+	ch, err := conn.Channel()
+	if err != nil {
+		unbound()
+		return errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
+	}
 	defer ch.Close()
 	if err := ch.Qos(c.Prefetch, 0, false); err != nil {
-		return fmt.Errorf("set prefetch: %w", err)
+		unbound()
+		return errors.Join(fmt.Errorf("set prefetch: %w", err), ctx.Err())
 	}
 	const tag = "invoices"
 	deliveries, err := ch.Consume(rabbit.Queue, tag, false, false, false, false, nil)
+	if !unbound() && err == nil {
+		// ctx ended just as Consume returned: the connection is gone.
+		err = ctx.Err()
+	}
 	if err != nil {
-		return fmt.Errorf("consume %s: %w", rabbit.Queue, err)
+		return errors.Join(fmt.Errorf("consume %s: %w", rabbit.Queue, err), ctx.Err())
 	}
 	c.Log.Info("consuming", "queue", rabbit.Queue, "prefetch", c.Prefetch, "batch_size", c.BatchSize)
 	paused := false

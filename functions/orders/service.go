@@ -46,6 +46,7 @@ func handlers(cfg Config, base *runtime.Base) (runtime.Handlers, func(), error) 
 		Log:            log,
 		BatchSize:      cfg.RelayBatchSize,
 		PublishTimeout: cfg.PublishTimeout,
+		DBTimeout:      cfg.DBTimeout,
 		Interval:       cfg.RelayInterval,
 		Workers:        cfg.RelayWorkers,
 	}

@@ -42,6 +42,11 @@ type Relay struct {
 	BatchSize int
 	// PublishTimeout bounds one batch's publish and confirms.
 	PublishTimeout time.Duration
+	// DBTimeout bounds a batch's database work (the claim, putting rows
+	// back, the COMMIT): a batch has DBTimeout + PublishTimeout in all, and
+	// PublishTimeout more for each message it publishes again one at a
+	// time. 0 means DefaultDBTimeout.
+	DBTimeout time.Duration
 	// Interval is how often Run sweeps without a notification.
 	Interval time.Duration
 	// Workers is how many batches Run publishes at once, so that one
@@ -56,6 +61,54 @@ type Relay struct {
 
 	metricsOnce sync.Once
 	setAside    metric.Int64Counter
+}
+
+// DefaultDBTimeout is DBTimeout when it is not set.
+const DefaultDBTimeout = 10 * time.Second
+
+func (r *Relay) dbTimeout() time.Duration {
+	if r.DBTimeout > 0 {
+		return r.DBTimeout
+	}
+	return DefaultDBTimeout
+}
+
+// ErrBatchTimeout is returned, wrapped, by a batch that ran out of its time
+// (see Relay.DBTimeout): a database or broker that stopped answering. Its
+// rows stay in the outbox.
+var ErrBatchTimeout = fmt.Errorf("outbox batch out of time: %w", context.DeadlineExceeded)
+
+// budget is a batch's deadline, which can be pushed back: when it passes,
+// ctx is cancelled with ErrBatchTimeout as its cause.
+type budget struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	mu    sync.Mutex
+	at    time.Time
+	timer *time.Timer
+}
+
+func newBudget(parent context.Context, d time.Duration) *budget {
+	ctx, cancel := context.WithCancelCause(parent)
+	b := &budget{ctx: ctx, cancel: cancel, at: time.Now().Add(d)}
+	b.timer = time.AfterFunc(d, func() { cancel(ErrBatchTimeout) })
+	return b
+}
+
+// extend pushes the deadline back by d, unless it has passed already.
+func (b *budget) extend(d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.at = b.at.Add(d)
+	if b.timer.Stop() {
+		b.timer.Reset(time.Until(b.at))
+	}
+}
+
+func (b *budget) end() {
+	b.timer.Stop()
+	b.cancel(nil)
 }
 
 // DefaultMaxAttempts is MaxAttempts when it is not set. Attempts are a sweep
@@ -130,8 +183,33 @@ type row struct {
 // row goes back into the outbox with its attempt counted, or, after
 // MaxAttempts, into outbox_failed. Any other failure rolls the whole batch
 // back, uncounted.
+//
+// The batch has a deadline of its own (see DBTimeout), so a database or
+// broker that stopped answering fails it, with ErrBatchTimeout, rather than
+// holding it; it also ends when ctx does.
 func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
+	return r.publishBatch(ctx, nil)
+}
+
+// publishBatch is PublishBatch that also gives up when stop ends before it
+// has claimed rows, and thus before it has published any; once it has rows
+// it finishes, within its deadline, whatever stop does.
+func (r *Relay) publishBatch(ctx, stop context.Context) (n int, err error) {
 	r.instruments()
+	start := time.Now()
+	b := newBudget(ctx, r.dbTimeout()+r.PublishTimeout)
+	defer b.end()
+	ctx = b.ctx
+	abort := func() bool { return true }
+	if stop != nil {
+		abort = context.AfterFunc(stop, func() { b.cancel(stop.Err()) })
+		defer abort()
+	}
+	defer func() {
+		if err != nil && errors.Is(context.Cause(b.ctx), ErrBatchTimeout) && !errors.Is(err, ErrBatchTimeout) {
+			err = fmt.Errorf("%w after %s, cutting short: %w", ErrBatchTimeout, time.Since(start).Round(time.Millisecond), err)
+		}
+	}()
 	var setAside []row
 	defer func() {
 		if err == nil {
@@ -140,7 +218,6 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 			}
 		}
 	}()
-	start := time.Now()
 	var span trace.Span = noopSpan
 	defer func() {
 		if err != nil {
@@ -170,6 +247,9 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 		if len(batch) == 0 {
 			return nil
 		}
+		if !abort() {
+			return fmt.Errorf("stopped before publishing: %w", context.Cause(ctx))
+		}
 		// RETURNING has no order; publish in the order the events were stored.
 		slices.SortFunc(batch, func(a, b row) int { return cmp.Compare(a.id, b.id) })
 		ctx, span = tracer.Start(ctx, "outbox publish batch", trace.WithTimestamp(start),
@@ -195,6 +275,7 @@ func (r *Relay) PublishBatch(ctx context.Context) (n int, err error) {
 		}
 		r.Log.WarnContext(ctx, "outbox batch failed on a message; publishing one at a time", "rows", len(batch), "err", err)
 		for i, x := range batch {
+			b.extend(r.PublishTimeout)
 			err := r.publish(ctx, msgs[i:i+1])
 			if err == nil {
 				n++
@@ -259,11 +340,12 @@ func (r *Relay) Sweep(ctx context.Context) (int, error) {
 }
 
 // sweep runs batches with batchCtx and checks stopCtx between them, so a
-// shutdown lets the batch in hand commit.
+// shutdown lets the batch in hand commit (within its deadline) once it has
+// claimed rows; a batch still claiming gives up at once.
 func (r *Relay) sweep(batchCtx, stopCtx context.Context) (int, error) {
 	total := 0
 	for stopCtx.Err() == nil {
-		n, err := r.PublishBatch(batchCtx)
+		n, err := r.publishBatch(batchCtx, stopCtx)
 		total += n
 		if err != nil {
 			return total, err
@@ -277,8 +359,10 @@ func (r *Relay) sweep(batchCtx, stopCtx context.Context) (int, error) {
 
 // Run sweeps whenever a committed Add notifies, and every Interval in case a
 // notification was missed, until ctx ends, with Workers sweeps at a time.
-// A batch in progress when ctx ends is finished first. Failures (broker or
-// database away) back off and retry.
+// A batch that has claimed rows when ctx ends is finished first, within its
+// deadline (see DBTimeout), so Run returns at most about DBTimeout +
+// PublishTimeout after ctx ends, even when the database or the broker
+// stopped answering. Failures (broker or database away) back off and retry.
 func (r *Relay) Run(ctx context.Context) error {
 	wakes := make([]chan struct{}, max(r.Workers, 1))
 	for i := range wakes {
@@ -341,12 +425,13 @@ func (r *Relay) work(ctx context.Context, wake chan struct{}) {
 			return
 		case <-wake:
 		}
-		// Finish the batch in hand on shutdown; stop between batches.
+		// Finish the batch in hand on shutdown, within its deadline; stop
+		// between batches.
 		n, err := r.sweep(context.WithoutCancel(ctx), ctx)
 		if n > 0 {
 			r.Log.Debug("outbox swept", "published", n)
 		}
-		if err == nil || errors.Is(err, context.Canceled) {
+		if err == nil || ctx.Err() != nil {
 			retry.Reset()
 			continue
 		}

@@ -193,26 +193,42 @@ func (s *Session) Redeclare(ctx context.Context) error {
 	return nil
 }
 
-// Channel opens a new channel on the session's connection.
+// Channel opens a new channel on the session's connection. It returns when
+// ctx ends even if the broker stopped answering: it then abandons the
+// connection (see Abandon).
 func (s *Session) Channel(ctx context.Context) (*amqp.Channel, error) {
 	conn, err := s.Connection(ctx)
 	if err != nil {
 		return nil, err
 	}
+	stop := context.AfterFunc(ctx, func() { s.Abandon(conn) })
+	defer stop()
 	ch, err := conn.Channel()
 	if err != nil {
-		return nil, fmt.Errorf("open channel: %w", err)
+		return nil, errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
 	}
 	return ch, nil
 }
 
-// Check reports whether the broker answers, for health checks.
+// Check reports whether the broker answers, for health checks: it opens a
+// channel and closes it. It returns when ctx ends even if the broker stopped
+// answering, abandoning the connection, rather than wait for the broker's
+// answer (amqp091's Channel and Close ignore contexts).
 func (s *Session) Check(ctx context.Context) error {
-	ch, err := s.Channel(ctx)
+	conn, err := s.Connection(ctx)
 	if err != nil {
 		return err
 	}
-	return ch.Close()
+	stop := context.AfterFunc(ctx, func() { s.Abandon(conn) })
+	defer stop()
+	ch, err := conn.Channel()
+	if err != nil {
+		return errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
+	}
+	if err := ch.Close(); err != nil {
+		return errors.Join(fmt.Errorf("close channel: %w", err), ctx.Err())
+	}
+	return nil
 }
 
 // closeTimeout bounds the close handshake: a broker that stopped answering

@@ -2,10 +2,10 @@ package web
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -40,34 +40,62 @@ func Live() http.Handler {
 // failure shows (status "degraded") but does not take the service out of a
 // load balancer, as for the orders service, whose outbox accepts orders
 // while the broker is away. Failures are logged with their error.
+//
+// The answer comes within checkTimeout whatever the checks do: a check that
+// has not answered by then, even one that ignores its context, counts as
+// unavailable and is not waited for.
 func Ready(log *slog.Logger, checks map[string]Check, critical ...string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), checkTimeout)
 		defer cancel()
-		var mu sync.Mutex
+		type result struct {
+			name string
+			err  error
+		}
+		// Buffered, so that a check answering after the deadline does not
+		// block its goroutine.
+		answers := make(chan result, len(checks))
+		for name, check := range checks {
+			go func() { answers <- result{name, check(ctx)} }()
+		}
+		errs := make(map[string]error, len(checks))
+		take := func(a result) { errs[a.name] = a.err }
+	wait:
+		for len(errs) < len(checks) {
+			select {
+			case a := <-answers:
+				take(a)
+			case <-ctx.Done():
+				// Keep the answers that came in time, and no more.
+				for {
+					select {
+					case a := <-answers:
+						take(a)
+					default:
+						break wait
+					}
+				}
+			}
+		}
 		results := make(map[string]string, len(checks))
 		ready, degraded := true, false
-		var wg sync.WaitGroup
-		for name, check := range checks {
-			wg.Go(func() {
-				err := check(ctx)
-				isCritical := slices.Contains(critical, name)
-				if err != nil {
-					log.WarnContext(r.Context(), "health check failed", "check", name, "critical", isCritical, "err", err)
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				switch {
-				case err == nil:
-					results[name] = checkOK
-				case isCritical:
-					results[name], ready = checkUnavailable, false
-				default:
-					results[name], degraded = checkUnavailable, true
-				}
-			})
+		for name := range checks {
+			err, answered := errs[name]
+			if !answered {
+				err = fmt.Errorf("no answer within %s: %w", checkTimeout, context.Cause(ctx))
+			}
+			isCritical := slices.Contains(critical, name)
+			switch {
+			case err == nil:
+				results[name] = checkOK
+				continue
+			case isCritical:
+				results[name], ready = checkUnavailable, false
+			default:
+				results[name], degraded = checkUnavailable, true
+			}
+			log.WarnContext(r.Context(), "health check failed", "check", name, "critical", isCritical, "err", err)
 		}
-		wg.Wait()
 		status, code := checkOK, http.StatusOK
 		switch {
 		case !ready:

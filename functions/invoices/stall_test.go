@@ -1,0 +1,76 @@
+package invoices
+
+import (
+	"context"
+	"net/url"
+	"testing"
+	"time"
+
+	"invoicing/shared/postgres"
+	"invoicing/shared/rabbit"
+	"invoicing/shared/testenv"
+)
+
+// The broker stops answering while the consumer subscribes: it took the
+// basic.consume (the queue lists the consumer) but its answer, and
+// everything after it, never comes back. Shutdown must end Run at once
+// rather than when amqp091 notices the missing heartbeats (30 s), and the
+// message it may have been sent goes back to the queue, not to the dead
+// letters.
+func TestConsumerShutdownWhileTheBrokerStallsItsSubscribe(t *testing.T) {
+	s := newService(t)
+	s.publishEvent(t, newEvent("stalled-subscribe", 1))
+	testenv.Eventually(t, 10*time.Second, "the message in the queue", func() bool { return s.ready(t) == 1 })
+
+	u, err := url.Parse(s.brokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.NewProxy(t, u.Host)
+	u.Host = proxy.Addr()
+	// The consumer tag is "invoices"; nothing the session sends before
+	// basic.consume (its name included) holds that word.
+	proxy.CutAfter("invoices", time.Minute)
+
+	pool, err := postgres.Open(context.Background(), s.dbURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	session := rabbit.NewSession(u.String(), "stalled-subscribe", s.log)
+	t.Cleanup(func() { session.Close() })
+	c := &Consumer{Session: session, Store: &Store{pool: pool}, Log: s.log, Prefetch: 10, BatchSize: 5}
+	ctx, shutdown := context.WithCancel(context.Background())
+	defer shutdown()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+
+	consumers := func() int {
+		q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q.Consumers
+	}
+	testenv.Eventually(t, 20*time.Second, "the broker to register the consumer", func() bool { return consumers() == 1 })
+	shutdown()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+		t.Logf("Run returned %s after shutdown", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running 10 s after shutdown, with the broker not answering basic.consume")
+	}
+	testenv.Eventually(t, 20*time.Second, "the message back in the queue", func() bool {
+		return consumers() == 0 && s.ready(t) == 1
+	})
+	if n := s.deadLetters(t); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+	if n := s.invoiceCount(t); n != 0 {
+		t.Errorf("%d invoices issued from a delivery the consumer never saw", n)
+	}
+}
