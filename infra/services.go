@@ -155,8 +155,8 @@ func newFargateApps(ctx *pulumi.Context, s *Settings, d serviceDeps) error {
 				}, plainEnv(app, s)...),
 				HealthCheck: &HealthCheck{Command: []string{"CMD", AppContainerPath, "healthcheck"},
 					Interval: 10, Timeout: 5, Retries: 3, StartPeriod: 30},
-				// SHUTDOWN_TIMEOUT is 20 s: drain, then flush telemetry.
-				StopTimeout:            30,
+				// SHUTDOWN_TIMEOUT is 25 s: drain, then flush telemetry.
+				StopTimeout:            35,
 				ReadonlyRootFilesystem: true,
 				LogConfiguration:       awsLogs(s, v[1], app.Name),
 			}

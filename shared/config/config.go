@@ -44,7 +44,7 @@ func ReadCommon(r *Reader, defaultPort int, defaultDatabase string) Common {
 		Port:            r.Int("PORT", defaultPort, 0, 65535),
 		DatabaseURL:     r.URL("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/"+defaultDatabase+"?sslmode=disable", "postgres", "postgresql"),
 		BrokerURL:       r.URL("BROKER_URL", LocalBrokerURL, "amqp", "amqps"),
-		ShutdownTimeout: r.Duration("SHUTDOWN_TIMEOUT", 20*time.Second, time.Second, 10*time.Minute),
+		ShutdownTimeout: r.Duration("SHUTDOWN_TIMEOUT", 25*time.Second, time.Second, 10*time.Minute),
 		BodyLimit:       int64(r.Int("BODY_LIMIT_BYTES", 1<<20, 1, 64<<20)),
 		LogLevel:        r.OneOf("LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		AutoMigrate:     r.Bool("AUTO_MIGRATE", !r.InLambda()),
