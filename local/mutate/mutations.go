@@ -285,7 +285,7 @@ var mutations = []mutation{
 		Name:    "Lambda Amazon MQ batch fails the invocation on a database outage",
 		File:    "functions/invoices/lambda.go",
 		Old:     "\t\tback := b.unsettled(batch)\n",
-		New:     "\t\treturn err\n\t\tback := b.unsettled(batch)\n",
+		New:     "\t\tif len(batch) > 0 {\n\t\t\treturn err\n\t\t}\n\t\tback := b.unsettled(batch)\n",
 		Package: "./functions/invoices/",
 		Run:     "TestLambdaAmazonMQDatabaseOutageHandsBatchBack",
 	},
