@@ -12,7 +12,7 @@ func TestReadCommon(t *testing.T) {
 
 	c := ReadCommon(NewReader(getenv), 3333, "orders")
 	if c.Port != 3333 || c.DatabaseURL != "postgres://postgres@127.0.0.1:5432/orders?sslmode=disable" ||
-		c.BrokerURL != LocalBrokerURL || c.BodyLimit != 1<<20 || c.ShutdownTimeout != 20*time.Second {
+		c.BrokerURL != LocalBrokerURL || c.BodyLimit != 1<<20 || c.ShutdownTimeout != 25*time.Second {
 		t.Errorf("defaults = %+v", c)
 	}
 
