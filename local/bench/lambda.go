@@ -66,7 +66,7 @@ func lambdaStep(ctx context.Context, e *env, cfg config, devnull *os.File) (lamb
 	event := func(i int) []byte {
 		b, _ := json.Marshal(map[string]any{
 			"version": "2.0", "routeKey": "$default", "rawPath": "/orders",
-			"headers": map[string]string{"content-type": "application/json"},
+			"headers":        map[string]string{"content-type": "application/json"},
 			"requestContext": map[string]any{"http": map[string]string{"method": "POST", "path": "/orders"}, "stage": "$default"},
 			"body":           fmt.Sprintf(`{"customerId":"lambda-%d","totalAmount":%d}`, i%100, 100+i),
 		})

@@ -19,6 +19,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"invoicing/shared/testenv"
 )
 
 func main() {
@@ -60,6 +62,10 @@ func run() error {
 	}
 
 	var results []result
+	before, err := leftovers()
+	if err != nil {
+		return err
+	}
 	for _, m := range mutations {
 		if filter != nil && !filter.MatchString(m.Name) {
 			continue
@@ -67,6 +73,10 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "== %s (%s -run %s)\n", m.Name, m.Package, m.Run)
 		r := try(scratch, m, *timeout)
 		fmt.Fprintf(os.Stderr, "   %s in %s\n", r.outcome, r.took.Round(time.Second))
+		// A test killed by its timeout runs no cleanup: remove what it left.
+		if err := removeLeftovers(before); err != nil {
+			fmt.Fprintln(os.Stderr, "   cleaning up:", err)
+		}
 		results = append(results, r)
 	}
 
@@ -185,4 +195,48 @@ func copyTracked(root, dst string) error {
 		}
 	}
 	return nil
+}
+
+// leftovers lists the test databases and vhosts that exist now.
+func leftovers() (map[string]bool, error) {
+	names := map[string]bool{}
+	dbs, err := testenv.ListDatabases("test_")
+	if err != nil {
+		return nil, err
+	}
+	vhosts, err := testenv.ListVhosts("test-")
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range append(dbs, vhosts...) {
+		names[n] = true
+	}
+	return names, nil
+}
+
+// removeLeftovers drops the test databases and vhosts that were not there
+// before, and the binaries' temporary folders.
+func removeLeftovers(before map[string]bool) error {
+	now, err := leftovers()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for n := range now {
+		if before[n] {
+			continue
+		}
+		if strings.HasPrefix(n, "test_") {
+			errs = append(errs, testenv.DropDatabase(n))
+		} else {
+			errs = append(errs, testenv.Rabbitmqctl("delete_vhost", n))
+		}
+	}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "invoicing-test-bin-*"))
+	for _, d := range dirs {
+		if info, err := os.Stat(d); err == nil && time.Since(info.ModTime()) < 24*time.Hour {
+			_ = os.RemoveAll(d)
+		}
+	}
+	return errors.Join(errs...)
 }

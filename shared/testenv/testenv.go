@@ -102,15 +102,57 @@ func CreateDatabase(name string) (string, func() error, error) {
 	if err := admin("CREATE DATABASE " + ident); err != nil {
 		return "", nil, fmt.Errorf("create database %s: %w", name, err)
 	}
-	drop := func() error {
-		if err := admin("DROP DATABASE IF EXISTS " + ident + " WITH (FORCE)"); err != nil {
-			return fmt.Errorf("drop database %s: %w", name, err)
-		}
-		return nil
-	}
+	drop := func() error { return DropDatabase(name) }
 	u, _ := url.Parse(adminDatabaseURL)
 	u.Path = "/" + name
 	return u.String(), drop, nil
+}
+
+// ListDatabases returns the databases whose name starts with prefix.
+func ListDatabases(prefix string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, adminDatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, `SELECT datname FROM pg_database WHERE starts_with(datname, $1)`, prefix)
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// DropDatabase drops database name, closing its connections.
+func DropDatabase(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, adminDatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("drop database %s: %w", name, err)
+	}
+	return nil
+}
+
+// ListVhosts returns the broker's vhosts whose name starts with prefix.
+func ListVhosts(prefix string) ([]string, error) {
+	bin, err := exec.LookPath("rabbitmqctl")
+	if err != nil {
+		bin = "/usr/sbin/rabbitmqctl"
+	}
+	out, err := exec.Command(bin, "list_vhosts", "--quiet", "--no-table-headers").Output()
+	if err != nil {
+		return nil, fmt.Errorf("rabbitmqctl list_vhosts: %w", err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, prefix) {
+			names = append(names, line)
+		}
+	}
+	return names, nil
 }
 
 // CreateVhost creates RabbitMQ vhost name, lets the broker user use it, and
