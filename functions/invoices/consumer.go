@@ -120,32 +120,29 @@ func (c *Consumer) consume(ctx context.Context) error {
 	if err := c.Session.Redeclare(ctx); err != nil {
 		return err
 	}
-	// Opening the channel, Qos and Consume wait for the broker's answer and
-	// ignore ctx: on shutdown, abandon the connection rather than wait for
-	// a broker that stopped answering.
-	conn, err := c.Session.Connection(ctx)
+	// Opening the channel, Qos and Consume wait for the broker's answer:
+	// on shutdown, the session abandons the connection rather than wait
+	// for a broker that stopped answering.
+	const tag = "invoices"
+	var ch *amqp.Channel
+	var deliveries <-chan amqp.Delivery
+	err := c.Session.WithConnection(ctx, func(conn *amqp.Connection) (err error) {
+		if ch, err = conn.Channel(); err != nil {
+			return fmt.Errorf("open channel: %w", err)
+		}
+		if err := ch.Qos(c.Prefetch, 0, false); err != nil {
+			return fmt.Errorf("set prefetch: %w", err)
+		}
+		if deliveries, err = ch.Consume(rabbit.Queue, tag, false, false, false, false, nil); err != nil {
+			return fmt.Errorf("consume %s: %w", rabbit.Queue, err)
+		}
+		return nil
+	})
+	if ch != nil {
+		defer ch.Close()
+	}
 	if err != nil {
 		return err
-	}
-	unbound := context.AfterFunc(ctx, func() { c.Session.Abandon(conn) })
-	ch, err := conn.Channel()
-	if err != nil {
-		unbound()
-		return errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
-	}
-	defer ch.Close()
-	if err := ch.Qos(c.Prefetch, 0, false); err != nil {
-		unbound()
-		return errors.Join(fmt.Errorf("set prefetch: %w", err), ctx.Err())
-	}
-	const tag = "invoices"
-	deliveries, err := ch.Consume(rabbit.Queue, tag, false, false, false, false, nil)
-	if !unbound() && err == nil {
-		// ctx ended just as Consume returned: the connection is gone.
-		err = ctx.Err()
-	}
-	if err != nil {
-		return errors.Join(fmt.Errorf("consume %s: %w", rabbit.Queue, err), ctx.Err())
 	}
 	c.Log.Info("consuming", "queue", rabbit.Queue, "prefetch", c.Prefetch, "batch_size", c.BatchSize)
 	paused := false

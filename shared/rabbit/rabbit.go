@@ -170,65 +170,77 @@ func (s *Session) Blocked() bool {
 	return s.blocked != nil && s.blocked.Load()
 }
 
+// WithConnection runs fn on the session's connection, dialling it when
+// needed. amqp091's calls (opening a channel, Qos, Consume, Close) wait for
+// the broker and ignore contexts, so when ctx ends first the connection is
+// abandoned (see Abandon), which makes them return, and the error says that
+// ctx ended. An fn that returned just as ctx ended gets ctx's error too:
+// what it opened is on a connection that is gone.
+func (s *Session) WithConnection(ctx context.Context, fn func(*amqp.Connection) error) error {
+	conn, err := s.Connection(ctx)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { s.Abandon(conn) })
+	err = fn(conn)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		err = errors.Join(err, ctx.Err())
+	}
+	return err
+}
+
 // Redeclare declares the topology again on the open connection. Callers use
 // it when the broker says that part of it is gone (a publish returned
 // unroutable, a channel closed with 404, a consumer cancelled), since the
 // connection only declares when it is dialed. It ends when ctx does.
 func (s *Session) Redeclare(ctx context.Context) error {
-	conn, err := s.Connection(ctx)
-	if err != nil {
-		return err
+	err := s.WithConnection(ctx, func(conn *amqp.Connection) error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return fmt.Errorf("open channel: %w", err)
+		}
+		defer ch.Close()
+		if err := Declare(ch); err != nil {
+			return fmt.Errorf("declare topology again: %w", err)
+		}
+		return nil
+	})
+	if err == nil {
+		s.log.Info("broker topology declared again", "connection", s.name)
 	}
-	stop := context.AfterFunc(ctx, func() { s.Abandon(conn) })
-	defer stop()
-	ch, err := conn.Channel()
-	if err != nil {
-		return errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
-	}
-	defer ch.Close()
-	if err := Declare(ch); err != nil {
-		return errors.Join(fmt.Errorf("declare topology again: %w", err), ctx.Err())
-	}
-	s.log.Info("broker topology declared again", "connection", s.name)
-	return nil
+	return err
 }
 
 // Channel opens a new channel on the session's connection. It returns when
-// ctx ends even if the broker stopped answering: it then abandons the
-// connection (see Abandon).
+// ctx ends even if the broker stopped answering.
 func (s *Session) Channel(ctx context.Context) (*amqp.Channel, error) {
-	conn, err := s.Connection(ctx)
-	if err != nil {
-		return nil, err
-	}
-	stop := context.AfterFunc(ctx, func() { s.Abandon(conn) })
-	defer stop()
-	ch, err := conn.Channel()
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
-	}
-	return ch, nil
+	var ch *amqp.Channel
+	err := s.WithConnection(ctx, func(conn *amqp.Connection) (err error) {
+		if ch, err = conn.Channel(); err != nil {
+			return fmt.Errorf("open channel: %w", err)
+		}
+		return nil
+	})
+	return ch, err
 }
 
 // Check reports whether the broker answers, for health checks: it opens a
 // channel and closes it. It returns when ctx ends even if the broker stopped
-// answering, abandoning the connection, rather than wait for the broker's
-// answer (amqp091's Channel and Close ignore contexts).
+// answering, rather than wait for the broker's answer.
 func (s *Session) Check(ctx context.Context) error {
-	conn, err := s.Connection(ctx)
-	if err != nil {
-		return err
-	}
-	stop := context.AfterFunc(ctx, func() { s.Abandon(conn) })
-	defer stop()
-	ch, err := conn.Channel()
-	if err != nil {
-		return errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
-	}
-	if err := ch.Close(); err != nil {
-		return errors.Join(fmt.Errorf("close channel: %w", err), ctx.Err())
-	}
-	return nil
+	return s.WithConnection(ctx, func(conn *amqp.Connection) error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return fmt.Errorf("open channel: %w", err)
+		}
+		if err := ch.Close(); err != nil {
+			return fmt.Errorf("close channel: %w", err)
+		}
+		return nil
+	})
 }
 
 // closeTimeout bounds the close handshake: a broker that stopped answering
@@ -393,26 +405,28 @@ func (p *Publisher) channel(ctx context.Context) (*confirmChannel, error) {
 		}
 	}
 	p.mu.Unlock()
-	conn, err := p.session.Connection(ctx)
+	var c *confirmChannel
+	err := p.session.WithConnection(ctx, func(conn *amqp.Connection) error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return fmt.Errorf("open channel: %w", err)
+		}
+		if err := ch.Confirm(false); err != nil {
+			_ = ch.Close()
+			return fmt.Errorf("enable confirms: %w", err)
+		}
+		c = &confirmChannel{
+			conn:    conn,
+			ch:      ch,
+			returns: ch.NotifyReturn(make(chan amqp.Return, returnBuffer)),
+			closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { p.session.Abandon(conn) })
-	defer stop()
-	ch, err := conn.Channel()
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("open channel: %w", err), ctx.Err())
-	}
-	if err := ch.Confirm(false); err != nil {
-		_ = ch.Close()
-		return nil, errors.Join(fmt.Errorf("enable confirms: %w", err), ctx.Err())
-	}
-	return &confirmChannel{
-		conn:    conn,
-		ch:      ch,
-		returns: ch.NotifyReturn(make(chan amqp.Return, returnBuffer)),
-		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
-	}, nil
+	return c, nil
 }
 
 func (p *Publisher) publish(ctx context.Context, c *confirmChannel, msgs []Message) error {
