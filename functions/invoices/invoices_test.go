@@ -95,13 +95,7 @@ func (s *service) runConsumer(t *testing.T, dbURL, brokerURL string, batch int, 
 // returns it with the database URL through it.
 func (s *service) dbProxy(t *testing.T) (*testenv.Proxy, string) {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(s.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port)
-	proxy := testenv.NewProxy(t, target)
-	return proxy, strings.Replace(s.dbURL, target, proxy.Addr(), 1)
+	return testenv.ProxyURL(t, s.dbURL)
 }
 
 // ready returns how many messages wait in queue "orders" (not delivered).

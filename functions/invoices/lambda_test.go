@@ -379,10 +379,8 @@ func TestLambdaAmazonMQ(t *testing.T) {
 // frozen drains the queue on its next scheduled invocation.
 func TestLambdaDrainAfterBrokerCut(t *testing.T) {
 	s := newService(t)
-	bu, _ := url.Parse(s.brokerURL)
-	proxy := testenv.NewProxy(t, bu.Host)
-	bu.Host = proxy.Addr()
-	l := s.startInvoicesLambda(t, bu.String())
+	proxy, proxied := testenv.ProxyURL(t, s.brokerURL)
+	l := s.startInvoicesLambda(t, proxied)
 
 	s.publishEvent(t, newEvent("before-cut", 100))
 	testenv.Eventually(t, 5*time.Second, "a message in queue orders", func() bool { return s.ready(t) == 1 })
@@ -408,14 +406,9 @@ func TestLambdaDrainAfterBrokerCut(t *testing.T) {
 // drain once the database is back invoices every order once.
 func TestLambdaAmazonMQDatabaseOutageHandsBatchBack(t *testing.T) {
 	s := newService(t)
-	du, err := url.Parse(s.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.NewProxy(t, du.Host)
-	du.Host = proxy.Addr()
+	proxy, proxied := testenv.ProxyURL(t, s.dbURL)
 	l := testenv.StartLambda(t, testenv.Binary(t, invoicesCmd), map[string]string{
-		"DATABASE_URL": du.String(), "BROKER_URL": s.brokerURL, "LOG_LEVEL": "debug",
+		"DATABASE_URL": proxied, "BROKER_URL": s.brokerURL, "LOG_LEVEL": "debug",
 		"DB_TIMEOUT": "1s", "AWS_LAMBDA_FUNCTION_TIMEOUT": "8",
 	})
 	var msgs []amqp.Delivery

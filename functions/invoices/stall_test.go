@@ -2,7 +2,6 @@ package invoices
 
 import (
 	"context"
-	"net/url"
 	"testing"
 	"time"
 
@@ -22,12 +21,7 @@ func TestConsumerShutdownWhileTheBrokerStallsItsSubscribe(t *testing.T) {
 	s.publishEvent(t, newEvent("stalled-subscribe", 1))
 	testenv.Eventually(t, 10*time.Second, "the message in the queue", func() bool { return s.ready(t) == 1 })
 
-	u, err := url.Parse(s.brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.NewProxy(t, u.Host)
-	u.Host = proxy.Addr()
+	proxy, proxied := testenv.ProxyURL(t, s.brokerURL)
 	// The consumer tag is "invoices"; nothing the session sends before
 	// basic.consume (its name included) holds that word.
 	proxy.CutAfter("invoices", time.Minute)
@@ -37,7 +31,7 @@ func TestConsumerShutdownWhileTheBrokerStallsItsSubscribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	session := rabbit.NewSession(u.String(), "stalled-subscribe", s.log)
+	session := rabbit.NewSession(proxied, "stalled-subscribe", s.log)
 	t.Cleanup(func() { session.Close() })
 	c := &Consumer{Session: session, Store: &Store{pool: pool}, Log: s.log, Prefetch: 10, BatchSize: 5}
 	ctx, shutdown := context.WithCancel(context.Background())

@@ -82,18 +82,13 @@ func TestBinaryServesAndShutsDownGracefully(t *testing.T) {
 // timeout, instead of waiting forever for a database that never answers.
 func TestBinaryStopsWhileTheDatabaseIsStalled(t *testing.T) {
 	dbURL := testenv.Database(t)
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.NewProxy(t, u.Host)
-	u.Host = proxy.Addr()
+	proxy, proxied := testenv.ProxyURL(t, dbURL)
 	// The default. Creates end within DB_TIMEOUT; closing the pool then
 	// takes pgx up to 15s more per broken connection (a cancel request over
 	// the same dead path), which the shutdown timeout must cover.
 	const shutdownTimeout = 20 * time.Second
 	proc := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders/cmd/orders"), map[string]string{
-		"DATABASE_URL":      u.String(),
+		"DATABASE_URL":      proxied,
 		"BROKER_URL":        testenv.Vhost(t),
 		"WRITERS":           "1",
 		"DB_TIMEOUT":        "1s",

@@ -180,11 +180,8 @@ func (s *service) addEvent(t *testing.T, exchange, key string, size int) (Order,
 // once the broker answers again.
 func TestRelayPublishTimesOutOnStalledBroker(t *testing.T) {
 	s := newService(t, true)
-	u, _ := url.Parse(s.brokerURL)
-	proxy := testenv.NewProxy(t, u.Host)
-	proxied := *u
-	proxied.Host = proxy.Addr()
-	relay, session := s.relay(proxied.String(), 50)
+	proxy, proxied := testenv.ProxyURL(t, s.brokerURL)
+	relay, session := s.relay(proxied, 50)
 	defer session.Close()
 	relay.PublishTimeout = time.Second
 	recv := receive(t, s.brokerURL)

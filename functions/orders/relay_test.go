@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -293,11 +292,8 @@ func TestTwoRelaysPublishEachRowOnce(t *testing.T) {
 // back, every event is published.
 func TestRelayRecoversFromBrokerOutage(t *testing.T) {
 	s := newService(t, true)
-	u, _ := url.Parse(s.brokerURL)
-	proxy := testenv.NewProxy(t, u.Host)
-	proxied := *u
-	proxied.Host = proxy.Addr()
-	relay, session := s.relay(proxied.String(), 50)
+	proxy, proxied := testenv.ProxyURL(t, s.brokerURL)
+	relay, session := s.relay(proxied, 50)
 	defer session.Close()
 	logs := &logRecorder{}
 	relay.Log = slog.New(logs)

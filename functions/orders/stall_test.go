@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/url"
 	"testing"
 	"time"
 
@@ -27,13 +26,8 @@ import (
 func (s *service) proxiedPool(t *testing.T) (*testenv.Proxy, *pgxpool.Pool) {
 	t.Helper()
 	dbURL := s.pool.Config().ConnString()
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.NewProxy(t, u.Host)
-	u.Host = proxy.Addr()
-	pool, err := postgres.Open(context.Background(), u.String(), func(c *pgxpool.Config) {
+	proxy, proxied := testenv.ProxyURL(t, dbURL)
+	pool, err := postgres.Open(context.Background(), proxied, func(c *pgxpool.Config) {
 		c.MaxConns = 1
 		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
 	})
@@ -50,14 +44,7 @@ func (s *service) proxiedPool(t *testing.T) (*testenv.Proxy, *pgxpool.Pool) {
 // URL through it.
 func (s *service) proxiedBroker(t *testing.T) (*testenv.Proxy, string) {
 	t.Helper()
-	u, err := url.Parse(s.brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.NewProxy(t, u.Host)
-	proxied := *u
-	proxied.Host = proxy.Addr()
-	return proxy, proxied.String()
+	return testenv.ProxyURL(t, s.brokerURL)
 }
 
 // returnsWithin runs f and fails the test when it has not returned within

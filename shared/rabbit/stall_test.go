@@ -3,7 +3,6 @@ package rabbit
 import (
 	"context"
 	"log/slog"
-	"net/url"
 	"testing"
 	"time"
 
@@ -15,13 +14,8 @@ import (
 // notices the missing heartbeats (30 s) or the socket gives up, and the
 // session must work again once the broker answers.
 func TestHealthCheckAndChannelEndWithTheirContextOnStalledBroker(t *testing.T) {
-	u, err := url.Parse(testenv.Vhost(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testenv.NewProxy(t, u.Host)
-	u.Host = proxy.Addr()
-	s := NewSession(u.String(), "stall-test", slog.New(slog.DiscardHandler))
+	proxy, proxied := testenv.ProxyURL(t, testenv.Vhost(t))
+	s := NewSession(proxied, "stall-test", slog.New(slog.DiscardHandler))
 	defer s.Close()
 	if err := s.Check(context.Background()); err != nil {
 		t.Fatal(err)

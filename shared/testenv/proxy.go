@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -398,4 +399,17 @@ func (p *Proxy) serve(client net.Conn) {
 	go pipe(client, server, false)
 	<-done
 	<-done
+}
+
+// ProxyURL puts a Proxy in front of the server that rawURL (a database or
+// broker URL) points at, and returns it with the URL through it.
+func ProxyURL(t testing.TB, rawURL string) (*Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatalf("parse %q: %v", rawURL, err)
+	}
+	p := NewProxy(t, u.Host)
+	u.Host = p.Addr()
+	return p, u.String()
 }
