@@ -82,7 +82,18 @@ type report struct {
 		Statuses map[int]int    `json:"other_statuses"`
 		Failures map[string]int `json:"failures"`
 		Backlog  int64          `json:"outbox_backlog_after"`
+		// CPU is per order, from the start of the load until the relay
+		// published the last order's event.
+		CPU cpuPerOrder `json:"cpu"`
 	} `json:"api"`
+	// Full is end to end under the same closed-loop load as step 2, with
+	// the invoices service running: the CPU time per order at full load,
+	// until the last order's invoice is issued.
+	Full struct {
+		RPS   float64     `json:"rps"`
+		P99ms float64     `json:"http_p99_ms"`
+		CPU   cpuPerOrder `json:"cpu"`
+	} `json:"e2e_full_load"`
 	E2E struct {
 		Rate      float64 `json:"rate"`
 		Orders    int     `json:"orders"`
@@ -91,6 +102,9 @@ type report struct {
 		P99ms     float64 `json:"order_to_invoice_p99_ms"`
 		Maxms     float64 `json:"order_to_invoice_max_ms"`
 		Failed    int     `json:"failed"`
+		// CPU is per order, from the start of the load until the last
+		// order's invoice is issued.
+		CPU cpuPerOrder `json:"cpu"`
 	} `json:"e2e"`
 	Consumer struct {
 		Events           int     `json:"events"`
@@ -218,7 +232,26 @@ func run(ctx context.Context, cfg config) error {
 	if cfg.has('2') {
 		client := loadgen.New(ordersProc.URL, cfg.Clients)
 		client.Closed(ctx, cfg.Clients, time.Second) // warm up connections and caches
+		if err := waitOutbox(ctx, ordersDB, time.Minute); err != nil {
+			return err
+		}
+		probe := cpuProbe{orders: ordersProc.Pid()}
+		m, err := startMeasure(ctx, probe, ordersDB)
+		if err != nil {
+			return err
+		}
 		api := client.Closed(ctx, cfg.Clients, cfg.Duration)
+		backlog, err := outboxBacklog(ctx, ordersDB)
+		if err != nil {
+			return err
+		}
+		rep.API.Backlog = backlog
+		if err := waitOutbox(ctx, ordersDB, 5*time.Minute); err != nil {
+			return err
+		}
+		if rep.API.CPU, err = m.stop(ctx, api.Created); err != nil {
+			return err
+		}
 		rep.API.RPS, rep.API.Created = api.RPS(), api.Created
 		rep.API.P50ms, rep.API.P95ms, rep.API.P99ms = ms(api.Percentile(0.5)), ms(api.Percentile(0.95)), ms(api.Percentile(0.99))
 		if rep.Ceiling.TPS > 0 {
@@ -234,7 +267,6 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer ordersPool.Close()
-	_ = ordersPool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&rep.API.Backlog)
 
 	// 3. End to end at a constant arrival rate.
 	invoicesPool, err := pgxpool.New(ctx, invoicesDB)
@@ -261,6 +293,25 @@ func run(ctx context.Context, cfg config) error {
 		if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar, 5*time.Minute); err != nil {
 			return err
 		}
+		probe := cpuProbe{orders: ordersProc.Pid(), invoices: invoicesProc.Pid()}
+		if cfg.has('2') {
+			fmt.Fprintf(os.Stderr, "3/5 end to end: %d clients for %s\n", cfg.Clients, cfg.Duration)
+			m, err := startMeasure(ctx, probe, ordersDB)
+			if err != nil {
+				return err
+			}
+			full := loadgen.New(ordersProc.URL, cfg.Clients).Closed(ctx, cfg.Clients, cfg.Duration)
+			if err := ordersPool.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&ordersSoFar); err != nil {
+				return err
+			}
+			if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar, 5*time.Minute); err != nil {
+				return err
+			}
+			if rep.Full.CPU, err = m.stop(ctx, full.Created); err != nil {
+				return err
+			}
+			rep.Full.RPS, rep.Full.P99ms = full.RPS(), ms(full.Percentile(0.99))
+		}
 		rate := cfg.Rate
 		if rate == 0 {
 			rate = rep.API.RPS / 2
@@ -270,10 +321,17 @@ func run(ctx context.Context, cfg config) error {
 		e2eClient.Body = func(i int) []byte {
 			return fmt.Appendf(nil, `{"customerId":"e2e-%d","totalAmount":%d}`, i%100, 100+i)
 		}
+		m, err := startMeasure(ctx, probe, ordersDB)
+		if err != nil {
+			return err
+		}
 		open := e2eClient.Open(ctx, rate, cfg.Duration, 2000)
 		rep.E2E.Rate, rep.E2E.Orders, rep.E2E.HTTPP99ms = rate, open.Created, ms(open.Percentile(0.99))
 		rep.E2E.Failed = open.Sent - open.Created
 		if _, err := waitInvoices(ctx, invoicesPool, ordersSoFar+open.Created, 5*time.Minute); err != nil {
+			return err
+		}
+		if rep.E2E.CPU, err = m.stop(ctx, open.Created); err != nil {
 			return err
 		}
 		var q []float64
@@ -438,9 +496,15 @@ func printReport(w io.Writer, r report) {
 	row("2 API", "ratio to step 1", "%.2f", r.API.Ratio)
 	row("2 API", "non-201 answers / transport errors", "%v / %v", r.API.Statuses, r.API.Failures)
 	row("2 API", "outbox backlog right after", "%d rows", r.API.Backlog)
+	cpuRows(row, "2 API", r.API.CPU)
+	if r.Full.CPU.Orders > 0 {
+		row("3 end to end", "full load: POST /orders 201/s, p99", "%.0f, %.1f ms", r.Full.RPS, r.Full.P99ms)
+		cpuRows(row, "3 end to end, full load", r.Full.CPU)
+	}
 	row("3 end to end", "arrival rate (open loop)", "%.0f orders/s, %d orders, %d failed", r.E2E.Rate, r.E2E.Orders, r.E2E.Failed)
 	row("3 end to end", "order-to-invoice p50 / p99 / max", "%.1f / %.1f / %.1f ms", r.E2E.P50ms, r.E2E.P99ms, r.E2E.Maxms)
 	row("3 end to end", "POST /orders p99 at that rate", "%.1f ms", r.E2E.HTTPP99ms)
+	cpuRows(row, "3 end to end, open loop", r.E2E.CPU)
 	row("4 consumer", "drain of preloaded events", "%d in %.2f s", r.Consumer.Events, r.Consumer.DrainSeconds)
 	row("4 consumer", "invoices/s (from start / from first invoice)", "%.0f / %.0f", r.Consumer.Rate, r.Consumer.RateAfterStartup)
 	row("5 resources", "peak RSS orders (step 2) / invoices (step 4)", "%.1f / %.1f MB", r.Resources.OrdersPeakRSSMB, r.Resources.InvoicesPeakRSSMB)

@@ -245,3 +245,6 @@ func (s *LogBuffer) Records(msg string) []map[string]any {
 	}
 	return out
 }
+
+// Pid returns the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
