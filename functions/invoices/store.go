@@ -96,13 +96,20 @@ RETURNING year, last`
 // order within year $8, and moves the counter past the last number used.
 // The counter row is locked by lockCounterSQL, so nothing else inserts
 // invoices between the NOT EXISTS check and the INSERT.
+//
+// The check's OFFSET 0 keeps it a probe of the order_id index per event.
+// Without it the planner may turn NOT EXISTS into a hash anti join over the
+// whole table, and pgx's prepared statement keeps the plan made when the
+// table was small: in a database that starts empty, every batch then read
+// every invoice until the next ANALYZE (8.6 ms per batch of 26 at 15,000
+// invoices, measured).
 const issueSQL = `
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[], $7::timestamptz[])
         WITH ORDINALITY AS t(id, order_id, event_id, customer_id, amount, currency, order_created_at, ord)
 ), fresh AS (
     SELECT DISTINCT ON (order_id) * FROM input
-    WHERE NOT EXISTS (SELECT 1 FROM invoices v WHERE v.order_id = input.order_id)
+    WHERE NOT EXISTS (SELECT 1 FROM invoices v WHERE v.order_id = input.order_id OFFSET 0)
     ORDER BY order_id, ord
 ), numbered AS (
     SELECT *, $9::bigint + row_number() OVER (ORDER BY ord) AS seq FROM fresh

@@ -234,6 +234,13 @@ func (r *Relay) publishBatch(ctx, stop context.Context) (n int, err error) {
 		// again, which consumers tolerate, so the commit need not wait for
 		// its own WAL flush.
 		b.Queue(`SET LOCAL synchronous_commit = off`)
+		// The outbox is a queue: a few live rows among many dead ones,
+		// and statistics that say little about either. pgx keeps the
+		// plan prepared while the table was small, and the planner then
+		// deletes through a hash join over a scan of the whole table,
+		// dead rows included, on every claim. Going through the primary
+		// key costs a batch its own rows, whatever the table holds.
+		b.Queue(`SET LOCAL enable_seqscan = off`)
 		b.Queue(claimSQL, r.BatchSize).Query(func(rows pgx.Rows) error {
 			var err error
 			batch, err = pgx.CollectRows(rows, func(cr pgx.CollectableRow) (row, error) {
