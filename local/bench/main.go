@@ -30,6 +30,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,7 +135,19 @@ func main() {
 	flag.StringVar(&cfg.Steps, "steps", "12346", "steps to run (step 3 without step 2 needs -rate)")
 	flag.IntVar(&cfg.LambdaN, "lambda-n", 500, "sequential warm invocations in step 6 (at most 5000)")
 	flag.StringVar(&cfg.RIE, "rie", "bin/aws-lambda-rie", "the Lambda Runtime Interface Emulator (step 6)")
+	cpuProfile := flag.String("cpuprofile", "", "write the bench process's own CPU profile (the load generator) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg); err != nil {

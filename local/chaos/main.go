@@ -155,7 +155,7 @@ func run(ctx context.Context, o options) (bool, error) {
 
 	client := loadgen.New(orders.proc.URL, 64)
 	client.RecordIDs = true
-	client.HTTP.Timeout = 5 * time.Second
+	client.Timeout = 5 * time.Second
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	loadDone := make(chan loadgen.Result, 1)
