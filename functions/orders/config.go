@@ -34,7 +34,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		PublishTimeout:  r.Duration("PUBLISH_TIMEOUT", 10*time.Second, 100*time.Millisecond, 5*time.Minute),
 		IdempotencyTTL:  r.Duration("IDEMPOTENCY_TTL", 24*time.Hour, 24*time.Hour, 30*24*time.Hour),
 		DBMaxConns:      r.Int("DB_MAX_CONNS", config.ByMode(r, 16, 2), 2, 1000),
-		Writers:         r.Int("WRITERS", config.ByMode(r, 2, 1), 1, 256),
+		Writers:         r.Int("WRITERS", 1, 1, 256),
 		WriteBatchMax:   r.Int("WRITE_BATCH_MAX", 64, 1, 5000),
 		DBTimeout:       r.Duration("DB_TIMEOUT", DefaultTimeouts.DB, 100*time.Millisecond, 5*time.Minute),
 		DBLookupTimeout: r.Duration("DB_LOOKUP_TIMEOUT", DefaultTimeouts.Lookup, 100*time.Millisecond, time.Minute),

@@ -75,7 +75,7 @@ type Session struct {
 
 	mu      sync.Mutex
 	conn    *amqp.Connection
-	raw     net.Conn     // conn's socket, closed to abandon conn
+	raw     *corkConn    // conn's socket, closed to abandon conn
 	blocked *atomic.Bool // conn is under the broker's flow control
 }
 
@@ -99,15 +99,18 @@ func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 	}
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName(s.name)
-	var raw net.Conn
+	var raw *corkConn
 	conn, err := amqp.DialConfig(s.url, amqp.Config{
 		Heartbeat:  10 * time.Second,
 		Locale:     "en_US",
 		Properties: props,
 		Dial: func(network, addr string) (net.Conn, error) {
 			c, err := amqp.DefaultDial(timeout)(network, addr)
-			raw = c
-			return c, err
+			if err != nil {
+				return nil, err
+			}
+			raw = &corkConn{Conn: c}
+			return raw, nil
 		},
 	})
 	if err != nil {
@@ -159,6 +162,17 @@ func (s *Session) Abandon(conn *amqp.Connection) {
 	_ = s.raw.Close()
 	s.conn, s.raw, s.blocked = nil, nil, nil
 	s.log.Warn("broker connection abandoned", "connection", s.name)
+}
+
+// cork holds back conn's writes until release, when conn is the session's
+// connection (see corkConn); otherwise release does nothing.
+func (s *Session) cork(conn *amqp.Connection) (release func() error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != conn || s.raw == nil {
+		return func() error { return nil }
+	}
+	return s.raw.cork()
 }
 
 // Blocked reports whether the broker has blocked the connection
@@ -468,6 +482,10 @@ func (p *Publisher) publish(ctx context.Context, c *confirmChannel, msgs []Messa
 			}
 		}
 	}
+	// The batch leaves in one write (see corkConn) once every message is
+	// framed, before any confirm is awaited.
+	release := p.session.cork(c.conn)
+	defer release()
 	for _, m := range msgs {
 		parent := m.Context
 		if parent == nil {
@@ -501,6 +519,9 @@ func (p *Publisher) publish(ctx context.Context, c *confirmChannel, msgs []Messa
 		pending = append(pending, dc)
 		sent = append(sent, time.Now())
 		drain()
+	}
+	if err := release(); err != nil {
+		return fail(errors.Join(fmt.Errorf("send %d messages: %w", len(msgs), err), channelError(c)))
 	}
 	var unroutable *ReturnedError
 	for i, dc := range pending {
