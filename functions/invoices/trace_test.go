@@ -122,7 +122,10 @@ func TestOneTraceFromRequestToInvoice(t *testing.T) {
 		t.Errorf("process span: %s %s %v", process.Service, process.Kind, process.Attributes)
 	}
 	issue := inTrace("issue invoices", process)
-	insert := inTrace("INSERT invoices", issue)
+	// The counter's lock and the insert travel as one pgx batch too.
+	issueBatch := inTrace("batch start", issue)
+	inTrace("INSERT invoice_counters", issueBatch)
+	insert := inTrace("INSERT invoices", issueBatch)
 	if insert.Service != "invoices" || !strings.Contains(insert.Attr("db.query.text"), "INSERT INTO invoices") {
 		t.Errorf("invoice insert span: %s %v", insert.Service, insert.Attributes)
 	}

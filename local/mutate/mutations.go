@@ -17,10 +17,18 @@ type edit struct{ Old, New string }
 
 var mutations = []mutation{
 	{
+		Name:    "frames held back by a cork are lost without closing the connection",
+		File:    "shared/rabbit/cork.go",
+		Old:     "\t\t_ = c.Conn.Close()",
+		New:     "",
+		Package: "./shared/rabbit/",
+		Run:     "TestCork",
+	},
+	{
 		Name:    "invoice numbers skip one per batch",
 		File:    "functions/invoices/store.go",
-		Old:     "$9::bigint + row_number() OVER (ORDER BY ord) AS seq",
-		New:     "$9::bigint + 1 + row_number() OVER (ORDER BY ord) AS seq",
+		Old:     "(SELECT last FROM counter) + row_number() OVER (ORDER BY ord) AS seq",
+		New:     "(SELECT last FROM counter) + 1 + row_number() OVER (ORDER BY ord) AS seq",
 		Package: "./functions/invoices/",
 		Run:     "TestEveryEventBecomesOneInvoice",
 	},

@@ -45,6 +45,19 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch), then 
 	return inTx(ctx, pool, false, queue, then)
 }
 
+// InOneTrip runs the statements queue adds to a batch in one round trip, as
+// one implicit transaction: the server commits them together when the
+// batch ends, or rolls them all back when one fails. It suits a
+// transaction that needs nothing from the client between its statements.
+// When the answer does not come back (the connection broke, ctx ended) the
+// outcome is unknown; it is reported as an error like any other, and the
+// caller must be able to run the statements again.
+func InOneTrip(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch)) error {
+	b := &pgx.Batch{}
+	queue(b)
+	return pool.SendBatch(ctx, b).Close()
+}
+
 // InSettleableTx is InTx for a transaction whose unanswered COMMIT the
 // caller means to settle: the batch that begins it also asks for its
 // transaction id (no extra round trip), which a *CommitUnknownError then
