@@ -138,3 +138,34 @@ func TestBinaryStopsWhileTheDatabaseIsStalled(t *testing.T) {
 		resp.Body.Close()
 	}
 }
+
+// A create wakes the relay of its own process: with the periodic sweep an
+// hour away, events of plain and idempotent creates still arrive at once.
+func TestCreatesWakeTheRelay(t *testing.T) {
+	brokerURL := testenv.Vhost(t)
+	recv := receive(t, brokerURL)
+	proc := testenv.Start(t, testenv.Binary(t, "invoicing/functions/orders/cmd/orders"), map[string]string{
+		"DATABASE_URL":   testenv.Database(t),
+		"BROKER_URL":     brokerURL,
+		"RELAY_INTERVAL": "1h",
+	})
+	var created []Order
+	for i, key := range []string{"", "wake-key"} {
+		req, _ := http.NewRequest(http.MethodPost, proc.URL+"/orders", strings.NewReader(fmt.Sprintf(`{"customerId":"wake","totalAmount":%d}`, i+1)))
+		req.Header.Set("Content-Type", "application/json")
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var o Order
+		if err := json.NewDecoder(resp.Body).Decode(&o); err != nil || resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST %q: %d %v", key, resp.StatusCode, err)
+		}
+		resp.Body.Close()
+		created = append(created, o)
+		recv.byOrder(t, created, 5*time.Second)
+	}
+}

@@ -38,8 +38,6 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 func handlers(cfg Config, base *runtime.Base) (runtime.Handlers, func(), error) {
 	log, pool := base.Log, base.Pool
 	session := rabbit.NewSession(cfg.BrokerURL, "orders", log)
-	store := NewStore(pool, cfg.Writers, cfg.WriteBatchMax,
-		WithTimeouts(Timeouts{DB: cfg.DBTimeout, Lookup: cfg.DBLookupTimeout}))
 	relay := &outbox.Relay{
 		Pool:           pool,
 		Publisher:      rabbit.NewPublisher(session),
@@ -50,6 +48,8 @@ func handlers(cfg Config, base *runtime.Base) (runtime.Handlers, func(), error) 
 		Interval:       cfg.RelayInterval,
 		Workers:        cfg.RelayWorkers,
 	}
+	store := NewStore(pool, cfg.Writers, cfg.WriteBatchMax,
+		WithTimeouts(Timeouts{DB: cfg.DBTimeout, Lookup: cfg.DBLookupTimeout}), OnCommit(relay.Wake))
 	checks := map[string]web.Check{"postgres": pool.Ping, "rabbitmq": session.Check}
 	h := runtime.Handlers{
 		HTTP:      NewServer(log, store, cfg.BodyLimit, checks),

@@ -24,6 +24,7 @@ type Store struct {
 	pool     *pgxpool.Pool
 	writer   *batchWriter
 	timeouts Timeouts
+	onCommit func()
 }
 
 // Timeouts bound a create's database work.
@@ -45,15 +46,20 @@ type StoreOption func(*Store)
 // WithTimeouts sets the bounds of a create's database work.
 func WithTimeouts(t Timeouts) StoreOption { return func(s *Store) { s.timeouts = t } }
 
+// OnCommit sets what the store calls, without waiting on it, after a
+// transaction that stored orders and their events committed: the relay's
+// Wake.
+func OnCommit(f func()) StoreOption { return func(s *Store) { s.onCommit = f } }
+
 // NewStore returns a Store over pool whose creates without an idempotency
 // key are committed in shared transactions by writers goroutines, up to
 // maxBatch orders each. Close stops them.
 func NewStore(pool *pgxpool.Pool, writers, maxBatch int, opts ...StoreOption) *Store {
-	s := &Store{pool: pool, timeouts: DefaultTimeouts}
+	s := &Store{pool: pool, timeouts: DefaultTimeouts, onCommit: func() {}}
 	for _, o := range opts {
 		o(s)
 	}
-	s.writer = newBatchWriter(pool, writers, maxBatch, s.timeouts)
+	s.writer = newBatchWriter(pool, writers, maxBatch, s.timeouts, s.onCommit)
 	return s
 }
 
@@ -161,10 +167,14 @@ func (s *Store) Create(ctx context.Context, o Order, idem *IdempotentRequest, re
 		case !committed:
 			return Response{}, false, notStored(unknown)
 		}
+		s.onCommit()
 		return stored, false, nil
 	}
 	if err != nil {
 		return Response{}, false, err
+	}
+	if !replayed {
+		s.onCommit()
 	}
 	return stored, replayed, nil
 }

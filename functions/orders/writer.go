@@ -41,6 +41,7 @@ type batchWriter struct {
 	pool     *pgxpool.Pool
 	max      int
 	timeouts Timeouts
+	onCommit func()
 	queue    chan *pendingCreate
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -58,8 +59,8 @@ type pendingCreate struct {
 	done     chan error
 }
 
-func newBatchWriter(pool *pgxpool.Pool, writers, max int, timeouts Timeouts) *batchWriter {
-	w := &batchWriter{pool: pool, max: max, timeouts: timeouts, queue: make(chan *pendingCreate), stop: make(chan struct{})}
+func newBatchWriter(pool *pgxpool.Pool, writers, max int, timeouts Timeouts, onCommit func()) *batchWriter {
+	w := &batchWriter{pool: pool, max: max, timeouts: timeouts, onCommit: onCommit, queue: make(chan *pendingCreate), stop: make(chan struct{})}
 	for range writers {
 		w.wg.Go(w.loop)
 	}
@@ -171,6 +172,9 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 	case err == nil || len(live) == 1 || !postgres.IsDataRejected(err):
 		// Retrying alone cures only a row the server rejected. An
 		// unreachable database would fail each retry again, slowly.
+		if err == nil {
+			w.onCommit()
+		}
 		for _, p := range live {
 			p.done <- err
 		}
@@ -189,6 +193,9 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 // answered with *OutcomeUnknownError.
 func (w *batchWriter) settle(ctx context.Context, live []*pendingCreate, unknown *postgres.CommitUnknownError) {
 	committed, err := settle(ctx, w.pool, w.timeouts.Lookup, unknown)
+	if err == nil && committed {
+		w.onCommit()
+	}
 	for _, p := range live {
 		switch {
 		case err != nil:

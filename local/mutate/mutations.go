@@ -17,6 +17,22 @@ type edit struct{ Old, New string }
 
 var mutations = []mutation{
 	{
+		Name:    "creates do not wake the relay",
+		File:    "functions/orders/service.go",
+		Old:     ", OnCommit(relay.Wake))",
+		New:     ")",
+		Package: "./functions/orders/",
+		Run:     "TestCreatesWakeTheRelay",
+	},
+	{
+		Name:    "an idempotent create does not wake the relay",
+		File:    "functions/orders/store.go",
+		Old:     "\tif !replayed {\n\t\ts.onCommit()\n\t}",
+		New:     "",
+		Package: "./functions/orders/",
+		Run:     "TestCreatesWakeTheRelay",
+	},
+	{
 		Name:    "frames held back by a cork are lost without closing the connection",
 		File:    "shared/rabbit/cork.go",
 		Old:     "\t\t_ = c.Conn.Close()",

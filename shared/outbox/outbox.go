@@ -32,7 +32,12 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 )
 
-// NotifyChannel is the LISTEN/NOTIFY channel Add signals after a commit.
+// NotifyChannel is the LISTEN/NOTIFY channel relays listen on, so that a
+// writer in another process (or an operator, after moving rows back from
+// outbox_failed) can wake them: SELECT pg_notify('outbox', ''). Add does
+// not notify: a NOTIFY on every commit wakes a listening backend and the
+// relay's connection each time, and a relay in the writing process is
+// woken directly by Relay.Wake instead.
 const NotifyChannel = "outbox"
 
 // Message is one stored event.
@@ -59,15 +64,12 @@ func TraceHeaders(ctx context.Context) map[string]string {
 }
 
 const insertSQL = `
-WITH ins AS (
-    INSERT INTO outbox (event_id, event_type, exchange, routing_key, body, headers)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[])
-    RETURNING 1
-)
-SELECT pg_notify('` + NotifyChannel + `', count(*)::text) FROM ins`
+INSERT INTO outbox (event_id, event_type, exchange, routing_key, body, headers)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[])`
 
-// Add stores msgs in tx and asks PostgreSQL to notify relays when tx commits.
-// It is one statement whatever the number of messages.
+// Add stores msgs in tx. It is one statement whatever the number of
+// messages. Once tx has committed, the caller wakes its relay (Relay.Wake),
+// or relays find the rows on their next sweep.
 func Add(ctx context.Context, tx pgx.Tx, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return nil

@@ -61,6 +61,31 @@ type Relay struct {
 
 	metricsOnce sync.Once
 	setAside    metric.Int64Counter
+
+	wakesOnce sync.Once
+	wakes     []chan struct{} // one per worker of Run
+}
+
+func (r *Relay) wakeChannels() []chan struct{} {
+	r.wakesOnce.Do(func() {
+		r.wakes = make([]chan struct{}, max(r.Workers, 1))
+		for i := range r.wakes {
+			r.wakes[i] = make(chan struct{}, 1)
+		}
+	})
+	return r.wakes
+}
+
+// Wake makes Run sweep now, as a committed write of new events should: it
+// never blocks, and wake-ups that come while a sweep is due already merge
+// into it. Without Run it does nothing.
+func (r *Relay) Wake() {
+	for _, w := range r.wakeChannels() {
+		select {
+		case w <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // DefaultDBTimeout is DBTimeout when it is not set.
@@ -364,25 +389,15 @@ func (r *Relay) sweep(batchCtx, stopCtx context.Context) (int, error) {
 	return total, stopCtx.Err()
 }
 
-// Run sweeps whenever a committed Add notifies, and every Interval in case a
-// notification was missed, until ctx ends, with Workers sweeps at a time.
+// Run sweeps whenever Wake is called or a NOTIFY on NotifyChannel arrives,
+// and every Interval in case a wake-up was missed or another process wrote
+// without one, until ctx ends, with Workers sweeps at a time.
 // A batch that has claimed rows when ctx ends is finished first, within its
 // deadline (see DBTimeout), so Run returns at most about DBTimeout +
 // PublishTimeout after ctx ends, even when the database or the broker
 // stopped answering. Failures (broker or database away) back off and retry.
 func (r *Relay) Run(ctx context.Context) error {
-	wakes := make([]chan struct{}, max(r.Workers, 1))
-	for i := range wakes {
-		wakes[i] = make(chan struct{}, 1)
-	}
-	signal := func() {
-		for _, w := range wakes {
-			select {
-			case w <- struct{}{}:
-			default:
-			}
-		}
-	}
+	wakes, signal := r.wakeChannels(), r.Wake
 	listener := &pgxlisten.Listener{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			c, err := r.Pool.Acquire(ctx)
