@@ -34,7 +34,7 @@ import (
 
 // NotifyChannel is the LISTEN/NOTIFY channel relays listen on, so that a
 // writer in another process (or an operator, after moving rows back from
-// outbox_failed) can wake them: SELECT pg_notify('outbox', ''). Add does
+// outbox_failed) can wake them: SELECT pg_notify('outbox', '1'). Add does
 // not notify: a NOTIFY on every commit wakes a listening backend and the
 // relay's connection each time, and a relay in the writing process is
 // woken directly by Relay.Wake instead.
