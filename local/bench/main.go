@@ -61,6 +61,7 @@ type config struct {
 	Steps       string        `json:"steps"`
 	LambdaN     int           `json:"lambda_invocations"`
 	RIE         string        `json:"-"`
+	GoMaxProcs  int           `json:"gomaxprocs"`
 }
 
 func (c config) has(step byte) bool { return strings.IndexByte(c.Steps, step) >= 0 }
@@ -134,6 +135,7 @@ func main() {
 	flag.StringVar(&cfg.InvoicesEnv, "invoices-env", "", "extra KEY=VALUE,... for bin/invoices")
 	flag.StringVar(&cfg.Steps, "steps", "12346", "steps to run (step 3 without step 2 needs -rate)")
 	flag.IntVar(&cfg.LambdaN, "lambda-n", 500, "sequential warm invocations in step 6 (at most 5000)")
+	flag.IntVar(&cfg.GoMaxProcs, "gomaxprocs", 1, "GOMAXPROCS of both services, as deployed (0: the Go runtime's default)")
 	flag.StringVar(&cfg.RIE, "rie", "bin/aws-lambda-rie", "the Lambda Runtime Interface Emulator (step 6)")
 	cpuProfile := flag.String("cpuprofile", "", "write the bench process's own CPU profile (the load generator) to this file")
 	flag.Parse()
@@ -175,6 +177,15 @@ func (e *env) database(name string) (string, error) {
 		e.cleanups = append(e.cleanups, drop)
 	}
 	return url, err
+}
+
+// serviceEnv is a service's environment: base, the deployment's GOMAXPROCS
+// (see README, "CPU per order"), then the extra KEY=VALUE,... of the flags.
+func serviceEnv(cfg config, base map[string]string, extra string) map[string]string {
+	if cfg.GoMaxProcs > 0 {
+		base["GOMAXPROCS"] = fmt.Sprint(cfg.GoMaxProcs)
+	}
+	return extraEnv(base, extra)
 }
 
 func extraEnv(base map[string]string, extra string) map[string]string {
@@ -235,7 +246,7 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	ordersProc, err := testenv.StartProcess(filepath.Join(cfg.Bin, "orders"), port, extraEnv(map[string]string{
+	ordersProc, err := testenv.StartProcess(filepath.Join(cfg.Bin, "orders"), port, serviceEnv(cfg, map[string]string{
 		"DATABASE_URL": ordersDB, "BROKER_URL": brokerURL,
 	}, cfg.OrdersEnv), devnull, 30*time.Second)
 	if err != nil {
@@ -287,7 +298,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer invoicesPool.Close()
-	invoicesEnv := extraEnv(map[string]string{"DATABASE_URL": invoicesDB, "BROKER_URL": brokerURL}, cfg.InvoicesEnv)
+	invoicesEnv := serviceEnv(cfg, map[string]string{"DATABASE_URL": invoicesDB, "BROKER_URL": brokerURL}, cfg.InvoicesEnv)
 	invoicesBin := filepath.Join(cfg.Bin, "invoices")
 	ip, err := testenv.PickPort()
 	if err != nil {
@@ -497,7 +508,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func mb(b int64) float64         { return float64(b) / (1 << 20) }
 
 func printReport(w io.Writer, r report) {
-	fmt.Fprintf(w, "## Bench, %s, %d CPUs, C=%d, T=%s\n\n", r.Date.Format(time.RFC3339), r.CPUs, r.Config.Clients, r.Config.Duration)
+	fmt.Fprintf(w, "## Bench, %s, %d CPUs, C=%d, T=%s, services' GOMAXPROCS=%d\n\n", r.Date.Format(time.RFC3339), r.CPUs, r.Config.Clients, r.Config.Duration, r.Config.GoMaxProcs)
 	fmt.Fprintln(w, "| step | figure | value |")
 	fmt.Fprintln(w, "| --- | --- | --- |")
 	row := func(step, figure, format string, v ...any) {
