@@ -55,7 +55,7 @@ func lambdaStep(ctx context.Context, e *env, cfg config, devnull *os.File) (lamb
 	if out, err := migrate.CombinedOutput(); err != nil {
 		return rep, fmt.Errorf("migrate: %v\n%s", err, out)
 	}
-	env := extraEnv(map[string]string{"DATABASE_URL": lambdaDB, "BROKER_URL": brokerURL}, cfg.OrdersEnv)
+	env := serviceEnv(cfg, map[string]string{"DATABASE_URL": lambdaDB, "BROKER_URL": brokerURL}, cfg.OrdersEnv)
 	fn, err := testenv.StartLambdaProcess(cfg.RIE, bin, env, nil)
 	if fn != nil {
 		defer fn.Kill()
@@ -101,7 +101,7 @@ func lambdaStep(ctx context.Context, e *env, cfg config, devnull *os.File) (lamb
 	if err != nil {
 		return rep, err
 	}
-	proc, err := testenv.StartProcess(bin, port, extraEnv(map[string]string{"DATABASE_URL": serverDB, "BROKER_URL": brokerURL}, cfg.OrdersEnv), devnull, 30*time.Second)
+	proc, err := testenv.StartProcess(bin, port, serviceEnv(cfg, map[string]string{"DATABASE_URL": serverDB, "BROKER_URL": brokerURL}, cfg.OrdersEnv), devnull, 30*time.Second)
 	if err != nil {
 		return rep, err
 	}
