@@ -265,25 +265,24 @@ func (m *measure) stop(ctx context.Context, orders int) (cpuPerOrder, error) {
 
 // walPosition is the cluster's current WAL insert position in bytes.
 func walPosition(ctx context.Context, db string) (int64, error) {
-	conn, err := pgx.Connect(ctx, db)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close(ctx)
-	var pos int64
-	err = conn.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint`).Scan(&pos)
-	return pos, err
+	return queryInt(ctx, db, `SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint`)
 }
 
 // outboxBacklog is the number of events in db's outbox not yet published.
 func outboxBacklog(ctx context.Context, db string) (int64, error) {
+	return queryInt(ctx, db, `SELECT count(*) FROM outbox`)
+}
+
+// queryInt runs a query that returns one integer on a connection of its
+// own, so that no pool of the bench's keeps a backend busy in a window.
+func queryInt(ctx context.Context, db, sql string) (int64, error) {
 	conn, err := pgx.Connect(ctx, db)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close(ctx)
 	var n int64
-	err = conn.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n)
+	err = conn.QueryRow(ctx, sql).Scan(&n)
 	return n, err
 }
 
