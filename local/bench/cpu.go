@@ -273,8 +273,7 @@ func outboxBacklog(ctx context.Context, db string) (int64, error) {
 	return queryInt(ctx, db, `SELECT count(*) FROM outbox`)
 }
 
-// queryInt runs a query that returns one integer on a connection of its
-// own, so that no pool of the bench's keeps a backend busy in a window.
+// queryInt runs a query that returns one integer, on a connection of its own.
 func queryInt(ctx context.Context, db, sql string) (int64, error) {
 	conn, err := pgx.Connect(ctx, db)
 	if err != nil {

@@ -120,7 +120,40 @@ type report struct {
 		OrdersBinaryMB    float64 `json:"orders_binary_mb"`
 		InvoicesBinaryMB  float64 `json:"invoices_binary_mb"`
 	} `json:"resources"`
-	Lambda lambdaReport `json:"lambda"`
+	Lambda  lambdaReport `json:"lambda"`
+	Targets []target     `json:"targets"`
+}
+
+// target is one of the goals the bench checks its figures against.
+type target struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+	Limit string  `json:"limit"`
+	Met   bool    `json:"met"`
+}
+
+// targets compares what r measured with the goals set for the pipeline:
+// CPU per order end to end, the API against the one-commit ceiling, and
+// the order-to-invoice latency at half the API's rate.
+func targets(r report) []target {
+	var ts []target
+	add := func(name string, v float64, limit string, met bool) {
+		ts = append(ts, target{Name: name, Value: v, Limit: limit, Met: met})
+	}
+	if c := r.Full.CPU; c.Orders > 0 {
+		add("pipeline CPU per order, end to end at full load (µs)", c.PipelineUs, "<= 200", c.PipelineUs <= 200)
+	}
+	if r.API.Ratio > 0 {
+		add("POST /orders rate / ceiling", r.API.Ratio, ">= 3.0", r.API.Ratio >= 3.0)
+	}
+	if r.API.RPS > 0 {
+		add("POST /orders p99 (ms)", r.API.P99ms, "<= 25", r.API.P99ms <= 25)
+	}
+	if r.E2E.Orders > 0 && r.Config.Rate == 0 {
+		add("order to invoice p50 at half rate (ms)", r.E2E.P50ms, "<= 10", r.E2E.P50ms <= 10)
+		add("order to invoice p99 at half rate (ms)", r.E2E.P99ms, "<= 50", r.E2E.P99ms <= 50)
+	}
+	return ts
 }
 
 func main() {
@@ -418,6 +451,7 @@ func run(ctx context.Context, cfg config) error {
 			*dst = mb(st.Size())
 		}
 	}
+	rep.Targets = targets(rep)
 	printReport(os.Stdout, rep)
 	if err := os.MkdirAll(filepath.Dir(cfg.Out), 0o755); err != nil {
 		return err
@@ -537,5 +571,12 @@ func printReport(w io.Writer, r report) {
 		row("6 Lambda", "orders cold start (emulator INIT REPORT) / first invocation", "%.1f / %.1f ms", l.InitMs, l.FirstInvocationMs)
 		row("6 Lambda", fmt.Sprintf("warm POST /orders p50 / p99, %d sequential", l.Invocations), "%.2f / %.2f ms", l.P50ms, l.P99ms)
 		row("6 Lambda", fmt.Sprintf("server POST /orders p50 / p99, %d sequential", l.Invocations), "%.2f / %.2f ms", l.ServerP50ms, l.ServerP99ms)
+	}
+	for _, t := range r.Targets {
+		verdict := "not met"
+		if t.Met {
+			verdict = "met"
+		}
+		row("target", t.Name, "%.2f (%s): %s", t.Value, t.Limit, verdict)
 	}
 }
