@@ -17,6 +17,14 @@ type edit struct{ Old, New string }
 
 var mutations = []mutation{
 	{
+		Name:    "a batch of invoices is numbered without locking the counter first",
+		File:    "functions/invoices/store.go",
+		Old:     "ON CONFLICT (year) DO UPDATE SET last = invoice_counters.last`",
+		New:     "ON CONFLICT (year) DO NOTHING`",
+		Package: "./functions/invoices/",
+		Run:     "TestConcurrentIssuersOverlapping",
+	},
+	{
 		Name:    "creates do not wake the relay",
 		File:    "functions/orders/service.go",
 		Old:     ", OnCommit(relay.Wake))",
