@@ -535,3 +535,81 @@ func TestMigrateCommand(t *testing.T) {
 		t.Errorf("bad PORT: %v", err)
 	}
 }
+
+// While a failed batch is retried order by order, the writer goes on with
+// new creates: one slow retry must not hold up every request behind it.
+func TestRetriesOfAFailedBatchDoNotHoldTheWriter(t *testing.T) {
+	s := newService(t, false)
+	store := NewStore(s.pool, 1, 64)
+	t.Cleanup(store.Close)
+	ctx := context.Background()
+	// 'poison' fails any insert; 'slow' alone in its insert sleeps 3 s,
+	// which only its retry does.
+	if _, err := s.pool.Exec(ctx, `
+		CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison order'; END IF; RETURN NEW; END $$;
+		CREATE TRIGGER reject_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION reject_poison();
+		CREATE FUNCTION slow_alone() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF (SELECT count(*) FROM inserted) = 1 AND EXISTS (SELECT 1 FROM inserted WHERE customer_id = 'slow') THEN
+				PERFORM pg_sleep(3);
+			END IF;
+			RETURN NULL;
+		END $$;
+		CREATE TRIGGER slow_alone AFTER INSERT ON orders REFERENCING NEW TABLE AS inserted
+			FOR EACH STATEMENT EXECUTE FUNCTION slow_alone();`); err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blocker.Exec(ctx, `LOCK TABLE orders IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	create := func(customer string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := store.Create(ctx, NewOrder(customer, 1, "BRL", time.Now()), nil, Response{})
+			done <- err
+		}()
+		return done
+	}
+	first := create("first")
+	testenv.Eventually(t, 30*time.Second, "the first batch waiting for the lock", func() bool {
+		var waiting int
+		err := s.pool.QueryRow(ctx, `
+			SELECT count(*) FROM pg_locks
+			WHERE relation = 'orders'::regclass AND NOT granted
+			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&waiting)
+		return err == nil && waiting > 0
+	})
+	poison, slow := create("poison"), create("slow")
+	testenv.Eventually(t, 30*time.Second, "the next batch waiting for the writer", func() bool {
+		return store.writer.waiting.Load() == 2
+	})
+	_ = blocker.Rollback(ctx)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the retry of 'slow' sleeping", func() bool {
+		var sleeping int
+		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()`).Scan(&sleeping)
+		return err == nil && sleeping == 1
+	})
+	fresh := create("fresh")
+	select {
+	case err := <-fresh:
+		if err != nil {
+			t.Fatalf("create during the retries: %v", err)
+		}
+	case err := <-slow:
+		t.Fatalf("the create sent during the retries waited for them (slow answered first: %v)", err)
+	}
+	if err := <-slow; err != nil {
+		t.Errorf("slow: %v", err)
+	}
+	if err := <-poison; err == nil || !strings.Contains(err.Error(), "poison order") {
+		t.Errorf("poison: %v", err)
+	}
+}

@@ -167,7 +167,9 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 	var unknown *postgres.CommitUnknownError
 	switch {
 	case errors.As(err, &unknown):
-		w.settle(ctx, live, unknown)
+		// Finding out takes up to timeouts.Lookup: the writer goes on with
+		// the next batch meanwhile (settle does not use ctx's deadline).
+		w.wg.Go(func() { w.settle(ctx, live, unknown) })
 		return
 	case err == nil || len(live) == 1 || !postgres.IsDataRejected(err):
 		// Retrying alone cures only a row the server rejected. An
@@ -181,10 +183,13 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 		return
 	}
 	// One bad row must not fail its neighbours: retry each alone, but not
-	// for a client that has left meanwhile: nobody would learn of it.
-	for _, p := range live {
-		w.commit([]*pendingCreate{p})
-	}
+	// for a client that has left meanwhile: nobody would learn of it. The
+	// retries run beside the writer, which goes on with the next batch.
+	w.wg.Go(func() {
+		for _, p := range live {
+			w.commit([]*pendingCreate{p})
+		}
+	})
 }
 
 // settle answers the creates of a transaction whose COMMIT went unanswered

@@ -156,6 +156,7 @@ func run(ctx context.Context, o options) (bool, error) {
 	client := loadgen.New(orders.proc.URL, 64)
 	client.RecordIDs = true
 	client.Timeout = 5 * time.Second
+	client.HTTP.MaxConnWaitTimeout = client.Timeout
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	loadDone := make(chan loadgen.Result, 1)

@@ -17,6 +17,22 @@ type edit struct{ Old, New string }
 
 var mutations = []mutation{
 	{
+		Name:    "the writer retries a failed batch itself, holding up new creates",
+		File:    "functions/orders/writer.go",
+		Old:     "\tw.wg.Go(func() {\n\t\tfor _, p := range live {\n\t\t\tw.commit([]*pendingCreate{p})\n\t\t}\n\t})",
+		New:     "\tfor _, p := range live {\n\t\tw.commit([]*pendingCreate{p})\n\t}",
+		Package: "./functions/orders/",
+		Run:     "TestRetriesOfAFailedBatchDoNotHoldTheWriter",
+	},
+	{
+		Name:    "cork waits for the socket under the session's lock",
+		File:    "shared/rabbit/rabbit.go",
+		Old:     "\traw := s.raw\n\tcurrent := s.conn == conn && raw != nil\n\ts.mu.Unlock()\n",
+		New:     "\tdefer s.mu.Unlock()\n\traw := s.raw\n\tcurrent := s.conn == conn && raw != nil\n",
+		Package: "./shared/rabbit/",
+		Run:     "TestConcurrentPublishesEndWithTheirContextOnStalledBroker",
+	},
+	{
 		Name:    "a batch of invoices is numbered without locking the counter first",
 		File:    "functions/invoices/store.go",
 		Old:     "ON CONFLICT (year) DO UPDATE SET last = invoice_counters.last`",
@@ -67,7 +83,7 @@ var mutations = []mutation{
 	{
 		Name:    "unconfirmed COMMIT answered 503 without looking",
 		File:    "functions/orders/writer.go",
-		Old:     "\t\tw.settle(ctx, live, unknown)",
+		Old:     "\t\tw.wg.Go(func() { w.settle(ctx, live, unknown) })",
 		New:     "\t\tfor _, p := range live {\n\t\t\tp.done <- notStored(unknown)\n\t\t}",
 		Package: "./functions/orders/",
 		Run:     "TestUnconfirmedCommitOfASharedBatchIs201",

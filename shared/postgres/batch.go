@@ -47,11 +47,12 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch), then 
 
 // InOneTrip runs the statements queue adds to a batch in one round trip, as
 // one implicit transaction: the server commits them together when the
-// batch ends, or rolls them all back when one fails. It suits a
-// transaction that needs nothing from the client between its statements.
-// When the answer does not come back (the connection broke, ctx ended) the
-// outcome is unknown; it is reported as an error like any other, and the
-// caller must be able to run the statements again.
+// batch ends, or rolls them all back when one of them fails on the server.
+// It suits a transaction that needs nothing from the client between its
+// statements. An error is not a rollback: when the answer does not come
+// back (the connection broke, ctx ended), or a result callback of the
+// batch fails, the server may have committed. The caller must be able to
+// run the statements again.
 func InOneTrip(ctx context.Context, pool *pgxpool.Pool, queue func(*pgx.Batch)) error {
 	b := &pgx.Batch{}
 	queue(b)

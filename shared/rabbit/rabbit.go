@@ -165,14 +165,19 @@ func (s *Session) Abandon(conn *amqp.Connection) {
 }
 
 // cork holds back conn's writes until release, when conn is the session's
-// connection (see corkConn); otherwise release does nothing.
+// connection (see corkConn); otherwise release does nothing. It does not
+// hold the session's lock while it waits for the socket's: a write blocked
+// on a broker that stopped reading holds the socket's lock until Abandon,
+// which needs the session's, closes the socket.
 func (s *Session) cork(conn *amqp.Connection) (release func() error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conn != conn || s.raw == nil {
+	raw := s.raw
+	current := s.conn == conn && raw != nil
+	s.mu.Unlock()
+	if !current {
 		return func() error { return nil }
 	}
-	return s.raw.cork()
+	return raw.cork()
 }
 
 // Blocked reports whether the broker has blocked the connection

@@ -1,8 +1,11 @@
 package rabbit
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,5 +62,59 @@ func TestHealthCheckAndChannelEndWithTheirContextOnStalledBroker(t *testing.T) {
 			defer cancel()
 			return s.Check(ctx) == nil
 		})
+	}
+}
+
+// Two publishers share the session's connection when the broker stops
+// reading: one is stuck in a socket write with a batch far larger than the
+// socket buffers, the other starts while it is. Both must return when their
+// contexts end (the connection is abandoned), however the socket's writes
+// and the session are locked.
+func TestConcurrentPublishesEndWithTheirContextOnStalledBroker(t *testing.T) {
+	proxy, proxied := testenv.ProxyURL(t, testenv.Vhost(t))
+	s := NewSession(proxied, "stall-publish-test", slog.New(slog.DiscardHandler))
+	defer s.Close()
+	pub := NewPublisher(s)
+	batch := func(n, size int) []Message {
+		msgs := make([]Message, n)
+		for i := range msgs {
+			msgs[i] = Message{Exchange: Exchange, RoutingKey: RoutingKeyOrderCreated, MessageID: fmt.Sprint(i), Body: bytes.Repeat([]byte{'x'}, size)}
+		}
+		return msgs
+	}
+	// Two channels in the publisher's pool, so the publishes below run side by side.
+	var warm sync.WaitGroup
+	for range 2 {
+		warm.Go(func() {
+			if err := pub.Publish(context.Background(), batch(1, 10)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	warm.Wait()
+
+	proxy.Stall()
+	defer proxy.Restore()
+	const bound = 10 * time.Second // 3 s contexts; amqp091's own read deadline is 15 s
+	done := make(chan error, 2)
+	publish := func(msgs []Message) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		done <- pub.Publish(ctx, msgs)
+	}
+	start := time.Now()
+	go publish(batch(400, 64<<10)) // 25 MiB: blocks in a write
+	time.Sleep(500 * time.Millisecond)
+	go publish(batch(1, 10))
+	for range 2 {
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("a publish to a stalled broker succeeded")
+			}
+			t.Logf("returned after %s: %v", time.Since(start).Round(time.Millisecond), err)
+		case <-time.After(bound - time.Since(start)):
+			t.Fatalf("a publish still running %s after it started, with a 3 s context", bound)
+		}
 	}
 }
