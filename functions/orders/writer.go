@@ -44,6 +44,12 @@ type batchWriter struct {
 	onCommit func()
 	queue    chan *pendingCreate
 	stop     chan struct{}
+	// aside is the one slot for work a writer hands off so as to go on
+	// with the next batch: settling an unanswered COMMIT, retrying a
+	// rejected batch order by order. When it is taken, the writer does
+	// that work itself, so a database that rejects or drops every batch
+	// gets no more transactions at once than it had writers.
+	aside chan struct{}
 	wg       sync.WaitGroup
 	once     sync.Once
 	// waiting counts creates submitted but not yet taken by a writer, so
@@ -60,7 +66,7 @@ type pendingCreate struct {
 }
 
 func newBatchWriter(pool *pgxpool.Pool, writers, max int, timeouts Timeouts, onCommit func()) *batchWriter {
-	w := &batchWriter{pool: pool, max: max, timeouts: timeouts, onCommit: onCommit, queue: make(chan *pendingCreate), stop: make(chan struct{})}
+	w := &batchWriter{pool: pool, max: max, timeouts: timeouts, onCommit: onCommit, queue: make(chan *pendingCreate), stop: make(chan struct{}), aside: make(chan struct{}, 1)}
 	for range writers {
 		w.wg.Go(w.loop)
 	}
@@ -168,8 +174,10 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 	switch {
 	case errors.As(err, &unknown):
 		// Finding out takes up to timeouts.Lookup: the writer goes on with
-		// the next batch meanwhile (settle does not use ctx's deadline).
-		w.wg.Go(func() { w.settle(ctx, live, unknown) })
+		// the next batch meanwhile. ctx is cancelled once commit returns;
+		// settle uses it only for its values (it looks up without
+		// cancellation, within timeouts.Lookup).
+		w.beside(func() { w.settle(ctx, live, unknown) })
 		return
 	case err == nil || len(live) == 1 || !postgres.IsDataRejected(err):
 		// Retrying alone cures only a row the server rejected. An
@@ -185,11 +193,25 @@ func (w *batchWriter) commit(batch []*pendingCreate) {
 	// One bad row must not fail its neighbours: retry each alone, but not
 	// for a client that has left meanwhile: nobody would learn of it. The
 	// retries run beside the writer, which goes on with the next batch.
-	w.wg.Go(func() {
+	w.beside(func() {
 		for _, p := range live {
 			w.commit([]*pendingCreate{p})
 		}
 	})
+}
+
+// beside runs f in a goroutine of its own when the writers' one slot for
+// such work is free, and here otherwise. Close waits for it either way.
+func (w *batchWriter) beside(f func()) {
+	select {
+	case w.aside <- struct{}{}:
+		w.wg.Go(func() {
+			defer func() { <-w.aside }()
+			f()
+		})
+	default:
+		f()
+	}
 }
 
 // settle answers the creates of a transaction whose COMMIT went unanswered

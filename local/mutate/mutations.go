@@ -19,7 +19,7 @@ var mutations = []mutation{
 	{
 		Name:    "the writer retries a failed batch itself, holding up new creates",
 		File:    "functions/orders/writer.go",
-		Old:     "\tw.wg.Go(func() {\n\t\tfor _, p := range live {\n\t\t\tw.commit([]*pendingCreate{p})\n\t\t}\n\t})",
+		Old:     "\tw.beside(func() {\n\t\tfor _, p := range live {\n\t\t\tw.commit([]*pendingCreate{p})\n\t\t}\n\t})",
 		New:     "\tfor _, p := range live {\n\t\tw.commit([]*pendingCreate{p})\n\t}",
 		Package: "./functions/orders/",
 		Run:     "TestRetriesOfAFailedBatchDoNotHoldTheWriter",
@@ -83,7 +83,7 @@ var mutations = []mutation{
 	{
 		Name:    "unconfirmed COMMIT answered 503 without looking",
 		File:    "functions/orders/writer.go",
-		Old:     "\t\tw.wg.Go(func() { w.settle(ctx, live, unknown) })",
+		Old:     "\t\tw.beside(func() { w.settle(ctx, live, unknown) })",
 		New:     "\t\tfor _, p := range live {\n\t\t\tp.done <- notStored(unknown)\n\t\t}",
 		Package: "./functions/orders/",
 		Run:     "TestUnconfirmedCommitOfASharedBatchIs201",
