@@ -50,8 +50,8 @@ type batchWriter struct {
 	// that work itself, so a database that rejects or drops every batch
 	// gets no more transactions at once than it had writers.
 	aside chan struct{}
-	wg       sync.WaitGroup
-	once     sync.Once
+	wg    sync.WaitGroup
+	once  sync.Once
 	// waiting counts creates submitted but not yet taken by a writer, so
 	// that tests can tell when a batch has formed.
 	waiting atomic.Int64
