@@ -48,7 +48,7 @@ type batchWriter struct {
 	// with the next batch: settling an unanswered COMMIT, retrying a
 	// rejected batch order by order. When it is taken, the writer does
 	// that work itself, so a database that rejects or drops every batch
-	// gets no more transactions at once than it had writers.
+	// gets one transaction at most beyond the writers' own.
 	aside chan struct{}
 	wg    sync.WaitGroup
 	once  sync.Once
