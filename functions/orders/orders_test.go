@@ -395,33 +395,15 @@ func TestBatchFailureIsolatesTheBadOrder(t *testing.T) {
 	store := NewStore(s.pool, 1, 64)
 	t.Cleanup(store.Close)
 	ctx := context.Background()
-	if _, err := s.pool.Exec(ctx, `
-		CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison order'; END IF; RETURN NEW; END $$;
-		CREATE TRIGGER reject_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION reject_poison();`); err != nil {
-		t.Fatal(err)
-	}
-	// Hold inserts back so that the creates below queue up into one batch.
-	blocker, err := s.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := blocker.Exec(ctx, `LOCK TABLE orders IN SHARE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	s.exec(t, rejectPoisonSQL)
 	const n = 20
 	errs := make(chan error, n+1)
-	go func() {
-		_, _, err := store.Create(ctx, NewOrder("first", 1, "BRL", time.Now()), nil, Response{})
-		errs <- err
-	}()
-	testenv.Eventually(t, 30*time.Second, "the first batch waiting for the lock", func() bool {
-		var waiting int
-		err := s.pool.QueryRow(ctx, `
-			SELECT count(*) FROM pg_locks
-			WHERE relation = 'orders'::regclass AND NOT granted
-			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&waiting)
-		return err == nil && waiting > 0
+	// Hold inserts back so that the creates below queue up into one batch.
+	release := s.holdInserts(t, func() {
+		go func() {
+			_, _, err := store.Create(ctx, NewOrder("first", 1, "BRL", time.Now()), nil, Response{})
+			errs <- err
+		}()
 	})
 	for i := range n {
 		customer := fmt.Sprintf("c%d", i)
@@ -437,7 +419,7 @@ func TestBatchFailureIsolatesTheBadOrder(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "the creates waiting for the writer", func() bool {
 		return store.writer.waiting.Load() == n
 	})
-	_ = blocker.Rollback(ctx)
+	release()
 	failed := 0
 	for range n + 1 {
 		if err := <-errs; err != nil {
@@ -545,10 +527,8 @@ func TestRetriesOfAFailedBatchDoNotHoldTheWriter(t *testing.T) {
 	ctx := context.Background()
 	// 'poison' fails any insert; 'slow' alone in its insert sleeps 3 s,
 	// which only its retry does.
-	if _, err := s.pool.Exec(ctx, `
-		CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison order'; END IF; RETURN NEW; END $$;
-		CREATE TRIGGER reject_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION reject_poison();
+	s.exec(t, rejectPoisonSQL)
+	s.exec(t, `
 		CREATE FUNCTION slow_alone() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
 			IF (SELECT count(*) FROM inserted) = 1 AND EXISTS (SELECT 1 FROM inserted WHERE customer_id = 'slow') THEN
@@ -557,16 +537,7 @@ func TestRetriesOfAFailedBatchDoNotHoldTheWriter(t *testing.T) {
 			RETURN NULL;
 		END $$;
 		CREATE TRIGGER slow_alone AFTER INSERT ON orders REFERENCING NEW TABLE AS inserted
-			FOR EACH STATEMENT EXECUTE FUNCTION slow_alone();`); err != nil {
-		t.Fatal(err)
-	}
-	blocker, err := s.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := blocker.Exec(ctx, `LOCK TABLE orders IN SHARE MODE`); err != nil {
-		t.Fatal(err)
-	}
+			FOR EACH STATEMENT EXECUTE FUNCTION slow_alone();`)
 	create := func(customer string) chan error {
 		done := make(chan error, 1)
 		go func() {
@@ -575,20 +546,13 @@ func TestRetriesOfAFailedBatchDoNotHoldTheWriter(t *testing.T) {
 		}()
 		return done
 	}
-	first := create("first")
-	testenv.Eventually(t, 30*time.Second, "the first batch waiting for the lock", func() bool {
-		var waiting int
-		err := s.pool.QueryRow(ctx, `
-			SELECT count(*) FROM pg_locks
-			WHERE relation = 'orders'::regclass AND NOT granted
-			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&waiting)
-		return err == nil && waiting > 0
-	})
+	var first chan error
+	release := s.holdInserts(t, func() { first = create("first") })
 	poison, slow := create("poison"), create("slow")
 	testenv.Eventually(t, 30*time.Second, "the next batch waiting for the writer", func() bool {
 		return store.writer.waiting.Load() == 2
 	})
-	_ = blocker.Rollback(ctx)
+	release()
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
@@ -612,4 +576,44 @@ func TestRetriesOfAFailedBatchDoNotHoldTheWriter(t *testing.T) {
 	if err := <-poison; err == nil || !strings.Contains(err.Error(), "poison order") {
 		t.Errorf("poison: %v", err)
 	}
+}
+
+// rejectPoisonSQL makes every insert of an order for customer 'poison' fail.
+const rejectPoisonSQL = `
+	CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison order'; END IF; RETURN NEW; END $$;
+	CREATE TRIGGER reject_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION reject_poison();`
+
+func (s *service) exec(t *testing.T, sql string) {
+	t.Helper()
+	if _, err := s.pool.Exec(context.Background(), sql); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// holdInserts locks table orders against inserts, runs start (which sends
+// a first create) and returns once that create's transaction waits for the
+// lock, so that creates sent next queue up for the writer as one batch.
+// release lets them all go.
+func (s *service) holdInserts(t *testing.T, start func()) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	blocker, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = blocker.Rollback(ctx) })
+	if _, err := blocker.Exec(ctx, `LOCK TABLE orders IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	start()
+	testenv.Eventually(t, 30*time.Second, "the first batch waiting for the lock", func() bool {
+		var waiting int
+		err := s.pool.QueryRow(ctx, `
+			SELECT count(*) FROM pg_locks
+			WHERE relation = 'orders'::regclass AND NOT granted
+			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&waiting)
+		return err == nil && waiting > 0
+	})
+	return func() { _ = blocker.Rollback(ctx) }
 }
