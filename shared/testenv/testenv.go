@@ -84,22 +84,26 @@ func forTest(t testing.TB, create func(name string) (string, func() error, error
 	return url
 }
 
+// withAdmin runs fn on a connection to the test server's admin database.
+func withAdmin(fn func(ctx context.Context, conn *pgx.Conn) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, adminDatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	defer conn.Close(ctx)
+	return fn(ctx, conn)
+}
+
 // CreateDatabase creates database name on the test server and returns its
 // URL and a function that drops it. Harnesses outside tests use it too.
 func CreateDatabase(name string) (string, func() error, error) {
-	admin := func(sql string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, adminDatabaseURL)
-		if err != nil {
-			return fmt.Errorf("connect to PostgreSQL: %w", err)
-		}
-		defer conn.Close(ctx)
-		_, err = conn.Exec(ctx, sql)
+	err := withAdmin(func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 		return err
-	}
-	ident := pgx.Identifier{name}.Sanitize()
-	if err := admin("CREATE DATABASE " + ident); err != nil {
+	})
+	if err != nil {
 		return "", nil, fmt.Errorf("create database %s: %w", name, err)
 	}
 	drop := func() error { return DropDatabase(name) }
@@ -109,28 +113,22 @@ func CreateDatabase(name string) (string, func() error, error) {
 }
 
 // ListDatabases returns the databases whose name starts with prefix.
-func ListDatabases(prefix string) ([]string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, adminDatabaseURL)
-	if err != nil {
-		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
-	}
-	defer conn.Close(ctx)
-	rows, _ := conn.Query(ctx, `SELECT datname FROM pg_database WHERE starts_with(datname, $1)`, prefix)
-	return pgx.CollectRows(rows, pgx.RowTo[string])
+func ListDatabases(prefix string) (names []string, err error) {
+	err = withAdmin(func(ctx context.Context, conn *pgx.Conn) error {
+		rows, _ := conn.Query(ctx, `SELECT datname FROM pg_database WHERE starts_with(datname, $1)`, prefix)
+		names, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	return names, err
 }
 
 // DropDatabase drops database name, closing its connections.
 func DropDatabase(name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, adminDatabaseURL)
+	err := withAdmin(func(ctx context.Context, conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("connect to PostgreSQL: %w", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
 		return fmt.Errorf("drop database %s: %w", name, err)
 	}
 	return nil
