@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // The CPU time a process spent, from /proc/<pid>/stat: utime and stime (its
@@ -230,16 +230,16 @@ func perOrder(before, after cpuSample, orders int, window time.Duration) cpuPerO
 // start and end.
 type measure struct {
 	probe  cpuProbe
-	db     string
+	pool   *pgxpool.Pool
 	start  time.Time
 	before cpuSample
 	wal    int64
 }
 
-func startMeasure(ctx context.Context, probe cpuProbe, db string) (*measure, error) {
-	m := &measure{probe: probe, db: db}
+func startMeasure(ctx context.Context, probe cpuProbe, pool *pgxpool.Pool) (*measure, error) {
+	m := &measure{probe: probe, pool: pool}
 	var err error
-	if m.wal, err = walPosition(ctx, db); err != nil {
+	if m.wal, err = walPosition(ctx, pool); err != nil {
 		return nil, err
 	}
 	m.start = time.Now()
@@ -256,7 +256,7 @@ func (m *measure) stop(ctx context.Context, orders int) (cpuPerOrder, error) {
 		return cpuPerOrder{}, err
 	}
 	r := perOrder(m.before, after, orders, time.Since(m.start))
-	wal, err := walPosition(ctx, m.db)
+	wal, err := walPosition(ctx, m.pool)
 	if err != nil {
 		return cpuPerOrder{}, err
 	}
@@ -267,38 +267,23 @@ func (m *measure) stop(ctx context.Context, orders int) (cpuPerOrder, error) {
 }
 
 // walPosition is the cluster's current WAL insert position in bytes.
-func walPosition(ctx context.Context, db string) (int64, error) {
-	return queryInt(ctx, db, `SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint`)
+func walPosition(ctx context.Context, pool *pgxpool.Pool) (pos int64, err error) {
+	err = pool.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint`).Scan(&pos)
+	return pos, err
 }
 
-// outboxBacklog is the number of events in db's outbox not yet published.
-func outboxBacklog(ctx context.Context, db string) (int64, error) {
-	return queryInt(ctx, db, `SELECT count(*) FROM outbox`)
-}
-
-// queryInt runs a query that returns one integer, on a connection of its own.
-func queryInt(ctx context.Context, db, sql string) (int64, error) {
-	conn, err := pgx.Connect(ctx, db)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close(ctx)
-	var n int64
-	err = conn.QueryRow(ctx, sql).Scan(&n)
+// outboxBacklog is the number of events in the outbox not yet published.
+func outboxBacklog(ctx context.Context, pool *pgxpool.Pool) (n int64, err error) {
+	err = pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n)
 	return n, err
 }
 
-// waitOutbox waits until the relay has published every event of db.
-func waitOutbox(ctx context.Context, db string, timeout time.Duration) error {
-	conn, err := pgx.Connect(ctx, db)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
+// waitOutbox waits until the relay has published every event.
+func waitOutbox(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		var n int64
-		if err := conn.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil {
+		n, err := outboxBacklog(ctx, pool)
+		if err != nil {
 			return err
 		}
 		if n == 0 {

@@ -250,6 +250,13 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	// The bench's own queries on the orders database (counts, WAL
+	// positions) share one pool.
+	ordersPool, err := pgxpool.New(ctx, ordersDB)
+	if err != nil {
+		return err
+	}
+	defer ordersPool.Close()
 	invoicesDB, err := e.database("bench_invoices_")
 	if err != nil {
 		return err
@@ -290,21 +297,21 @@ func run(ctx context.Context, cfg config) error {
 	if cfg.has('2') {
 		client := loadgen.New(ordersProc.URL, cfg.Clients)
 		client.Closed(ctx, cfg.Clients, time.Second) // warm up connections and caches
-		if err := waitOutbox(ctx, ordersDB, time.Minute); err != nil {
+		if err := waitOutbox(ctx, ordersPool, time.Minute); err != nil {
 			return err
 		}
 		probe := cpuProbe{orders: ordersProc.Pid()}
-		m, err := startMeasure(ctx, probe, ordersDB)
+		m, err := startMeasure(ctx, probe, ordersPool)
 		if err != nil {
 			return err
 		}
 		api := client.Closed(ctx, cfg.Clients, cfg.Duration)
-		backlog, err := outboxBacklog(ctx, ordersDB)
+		backlog, err := outboxBacklog(ctx, ordersPool)
 		if err != nil {
 			return err
 		}
 		rep.API.Backlog = backlog
-		if err := waitOutbox(ctx, ordersDB, 5*time.Minute); err != nil {
+		if err := waitOutbox(ctx, ordersPool, 5*time.Minute); err != nil {
 			return err
 		}
 		if rep.API.CPU, err = m.stop(ctx, api.Created); err != nil {
@@ -320,11 +327,6 @@ func run(ctx context.Context, cfg config) error {
 			rep.Resources.OrdersPeakRSSMB = mb(rss)
 		}
 	}
-	ordersPool, err := pgxpool.New(ctx, ordersDB)
-	if err != nil {
-		return err
-	}
-	defer ordersPool.Close()
 
 	// 3. End to end at a constant arrival rate.
 	invoicesPool, err := pgxpool.New(ctx, invoicesDB)
@@ -354,7 +356,7 @@ func run(ctx context.Context, cfg config) error {
 		probe := cpuProbe{orders: ordersProc.Pid(), invoices: invoicesProc.Pid()}
 		if cfg.has('2') {
 			fmt.Fprintf(os.Stderr, "3/5 end to end: %d clients for %s\n", cfg.Clients, cfg.Duration)
-			m, err := startMeasure(ctx, probe, ordersDB)
+			m, err := startMeasure(ctx, probe, ordersPool)
 			if err != nil {
 				return err
 			}
@@ -379,7 +381,7 @@ func run(ctx context.Context, cfg config) error {
 		e2eClient.Body = func(i int) []byte {
 			return fmt.Appendf(nil, `{"customerId":"e2e-%d","totalAmount":%d}`, i%100, 100+i)
 		}
-		m, err := startMeasure(ctx, probe, ordersDB)
+		m, err := startMeasure(ctx, probe, ordersPool)
 		if err != nil {
 			return err
 		}
