@@ -344,6 +344,9 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	// Whichever invoices process runs when the bench ends, even by an
+	// error, is killed: step 4 starts a new one.
+	defer func() { invoicesProc.Kill() }()
 	if cfg.has('3') {
 		var ordersSoFar int
 		if err := ordersPool.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&ordersSoFar); err != nil {
@@ -423,7 +426,6 @@ func run(ctx context.Context, cfg config) error {
 		if err != nil {
 			return err
 		}
-		defer invoicesProc.Kill()
 		first, err := waitInvoices(ctx, invoicesPool, before+1, 5*time.Minute)
 		if err != nil {
 			return err
