@@ -22,10 +22,6 @@ type Config struct {
 	// COMMIT that went unanswered took effect.
 	DBTimeout       time.Duration
 	DBLookupTimeout time.Duration
-	// Outbox is where events wait for the broker: "table" (the outbox
-	// table) or "wal" (logical decoding messages read through a slot).
-	Outbox string
-	Slot   string
 }
 
 func loadConfig(getenv func(string) string) (Config, error) {
@@ -42,8 +38,6 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		WriteBatchMax:   r.Int("WRITE_BATCH_MAX", 64, 1, 5000),
 		DBTimeout:       r.Duration("DB_TIMEOUT", DefaultTimeouts.DB, 100*time.Millisecond, 5*time.Minute),
 		DBLookupTimeout: r.Duration("DB_LOOKUP_TIMEOUT", DefaultTimeouts.Lookup, 100*time.Millisecond, time.Minute),
-		Outbox:          getenv("OUTBOX"),
-		Slot:            getenv("OUTBOX_SLOT"),
 	}
 	return c, r.Err()
 }

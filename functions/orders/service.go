@@ -4,7 +4,6 @@
 package orders
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -49,21 +48,9 @@ func handlers(cfg Config, base *runtime.Base) (runtime.Handlers, func(), error) 
 		Interval:       cfg.RelayInterval,
 		Workers:        cfg.RelayWorkers,
 	}
-	checks := map[string]web.Check{"postgres": pool.Ping, "rabbitmq": session.Check}
-	if cfg.Outbox == "wal" {
-		walEvents = true
-		slot := cmp.Or(cfg.Slot, "invoicing_orders")
-		wr := &outbox.WALRelay{ConnString: cfg.DatabaseURL, Slot: slot, Publisher: rabbit.NewPublisher(session), Log: log,
-			BatchSize: cfg.RelayBatchSize, PublishTimeout: cfg.PublishTimeout}
-		store := NewStore(pool, cfg.Writers, cfg.WriteBatchMax, WithTimeouts(Timeouts{DB: cfg.DBTimeout, Lookup: cfg.DBLookupTimeout}))
-		h := runtime.Handlers{
-			HTTP:    NewServer(log, store, cfg.BodyLimit, checks),
-			Workers: []runtime.Worker{wr.Run, pruneIdempotencyKeys(store, cfg.IdempotencyTTL, log)},
-		}
-		return h, func() { store.Close(); _ = session.Close() }, nil
-	}
 	store := NewStore(pool, cfg.Writers, cfg.WriteBatchMax,
 		WithTimeouts(Timeouts{DB: cfg.DBTimeout, Lookup: cfg.DBLookupTimeout}), OnCommit(relay.Wake))
+	checks := map[string]web.Check{"postgres": pool.Ping, "rabbitmq": session.Check}
 	h := runtime.Handlers{
 		HTTP:      NewServer(log, store, cfg.BodyLimit, checks),
 		Workers:   []runtime.Worker{relay.Run, pruneIdempotencyKeys(store, cfg.IdempotencyTTL, log)},

@@ -245,10 +245,6 @@ FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::te
 // events, whatever their number: one for the orders, one for the outbox.
 func queueOrders(ctx context.Context, b *pgx.Batch, orders []Order, msgs []outbox.Message) {
 	b.Queue(insertOrdersSQL, ordersArgs(orders)...)
-	if walEvents {
-		outbox.Emit(ctx, b, msgs...)
-		return
-	}
 	outbox.Queue(ctx, b, msgs...)
 }
 
@@ -257,15 +253,8 @@ func insertOrders(ctx context.Context, tx pgx.Tx, orders []Order, msgs []outbox.
 	if _, err := tx.Exec(ctx, insertOrdersSQL, ordersArgs(orders)...); err != nil {
 		return fmt.Errorf("insert orders: %w", err)
 	}
-	if walEvents {
-		return outbox.EmitTx(ctx, tx, msgs...)
-	}
 	return outbox.Add(ctx, tx, msgs...)
 }
-
-// walEvents makes creates write their events into the WAL (outbox.Emit)
-// instead of the outbox table.
-var walEvents bool
 
 func ordersArgs(orders []Order) []any {
 	n := len(orders)
