@@ -33,6 +33,22 @@ var mutations = []mutation{
 		Run:     "TestConcurrentPublishesEndWithTheirContextOnStalledBroker",
 	},
 	{
+		Name:    "a caller waits for another caller's dial beyond its own context",
+		File:    "shared/rabbit/rabbit.go",
+		Old:     "\t\t\tcase <-ctx.Done():\n\t\t\t\treturn nil, fmt.Errorf(\"wait for the broker connection being dialed: %w\", ctx.Err())",
+		New:     "\t\t\tcase <-make(chan struct{}):\n\t\t\t\treturn nil, fmt.Errorf(\"wait for the broker connection being dialed: %w\", ctx.Err())",
+		Package: "./shared/rabbit/",
+		Run:     "TestWaitingForAHangingDialEndsWithTheCallersContext",
+	},
+	{
+		Name:    "a dial overtaken by Close keeps its connection",
+		File:    "shared/rabbit/rabbit.go",
+		Old:     "if err == nil && s.closes != closes {",
+		New:     "if err == nil && s.closes != closes && false {",
+		Package: "./shared/rabbit/",
+		Run:     "TestCloseDuringADialClosesWhatTheDialOpens",
+	},
+	{
 		Name:    "a batch of invoices is numbered without locking the counter first",
 		File:    "functions/invoices/store.go",
 		Old:     "ON CONFLICT (year) DO UPDATE SET last = invoice_counters.last`",

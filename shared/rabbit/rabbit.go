@@ -77,6 +77,12 @@ type Session struct {
 	conn    *amqp.Connection
 	raw     *corkConn    // conn's socket, closed to abandon conn
 	blocked *atomic.Bool // conn is under the broker's flow control
+	// dialing is closed when the dial in flight ends; nil when none is.
+	// Other callers wait for it, each only as long as its own context.
+	dialing chan struct{}
+	// closes counts Close calls: a dial that Close overtook closes what it
+	// opened instead of keeping it.
+	closes int
 }
 
 // NewSession returns a Session for url; name is shown in the broker's
@@ -86,13 +92,50 @@ func NewSession(url, name string, log *slog.Logger) *Session {
 }
 
 // Connection returns the open connection, dialing a new one when needed.
-// Dialing and declaring end when ctx does.
+// Dialing and declaring end when ctx does; so does waiting for a dial that
+// another caller started.
 func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conn != nil && !s.conn.IsClosed() {
-		return s.conn, nil
+	for {
+		s.mu.Lock()
+		if s.conn != nil && !s.conn.IsClosed() {
+			conn := s.conn
+			s.mu.Unlock()
+			return conn, nil
+		}
+		if wait := s.dialing; wait != nil {
+			s.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("wait for the broker connection being dialed: %w", ctx.Err())
+			}
+		}
+		done, closes := make(chan struct{}), s.closes
+		s.dialing = done
+		s.mu.Unlock()
+
+		conn, raw, blocked, err := s.dial(ctx)
+		s.mu.Lock()
+		s.dialing = nil
+		if err == nil && s.closes != closes {
+			_ = raw.Close()
+			conn, err = nil, errors.New("dial broker: the session was closed meanwhile")
+		}
+		if err == nil {
+			s.conn, s.raw, s.blocked = conn, raw, blocked
+		}
+		s.mu.Unlock()
+		close(done)
+		if err == nil {
+			s.log.Info("broker connected", "connection", s.name)
+		}
+		return conn, err
 	}
+}
+
+// dial opens a connection and declares the topology on it, within ctx.
+func (s *Session) dial(ctx context.Context) (*amqp.Connection, *corkConn, *atomic.Bool, error) {
 	timeout := 5 * time.Second
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
 		timeout = max(time.Until(d), time.Millisecond)
@@ -114,7 +157,7 @@ func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("dial broker: %w", err)
+		return nil, nil, nil, fmt.Errorf("dial broker: %w", err)
 	}
 	// The handshake had a deadline; opening a channel and declaring have
 	// none, so a broker that stops answering now would hold them forever.
@@ -129,7 +172,7 @@ func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 	}
 	if err != nil {
 		_ = raw.Close() // conn.Close would wait for a broker that may not answer
-		return nil, fmt.Errorf("declare topology: %w", err)
+		return nil, nil, nil, fmt.Errorf("declare topology: %w", err)
 	}
 	blocked := &atomic.Bool{}
 	blocks := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
@@ -144,9 +187,7 @@ func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 			}
 		}
 	}()
-	s.log.Info("broker connected", "connection", s.name)
-	s.conn, s.raw, s.blocked = conn, raw, blocked
-	return conn, nil
+	return conn, raw, blocked, nil
 }
 
 // Abandon closes conn's socket without the close handshake, when conn is
@@ -266,10 +307,12 @@ func (s *Session) Check(ctx context.Context) error {
 // must not hold a shutdown.
 const closeTimeout = 5 * time.Second
 
-// Close closes the connection, if any.
+// Close closes the connection, if any; a dial in flight closes what it
+// opens. A later call dials again.
 func (s *Session) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closes++
 	if s.conn == nil {
 		return nil
 	}

@@ -118,3 +118,82 @@ func TestConcurrentPublishesEndWithTheirContextOnStalledBroker(t *testing.T) {
 		}
 	}
 }
+
+// A dial that hangs (the broker accepts TCP but never answers the
+// handshake) holds only the caller that started it: another caller waits
+// for that dial only as long as its own context, and the session dials
+// again once the broker answers.
+func TestWaitingForAHangingDialEndsWithTheCallersContext(t *testing.T) {
+	proxy, proxied := testenv.ProxyURL(t, testenv.Vhost(t))
+	s := NewSession(proxied, "stall-dial-test", slog.New(slog.DiscardHandler))
+	defer s.Close()
+	proxy.Stall()
+	defer proxy.Restore()
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := s.Connection(context.Background()) // the handshake's own 5 s bound
+		first <- err
+	}()
+	testenv.Eventually(t, 5*time.Second, "the first dial to reach the proxy", func() bool { return proxy.Open() > 0 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := s.Connection(ctx)
+	waited := time.Since(start)
+	if err == nil {
+		t.Fatal("a connection from a broker that never answered")
+	}
+	// The first dial ends after about 5 s; a waiter held by it would
+	// return only then.
+	if waited > 3*time.Second {
+		t.Fatalf("the second caller returned after %s, with a 300 ms context: it waited for the other caller's dial", waited.Round(time.Millisecond))
+	}
+	t.Logf("second caller returned after %s: %v", waited.Round(time.Millisecond), err)
+	select {
+	case err := <-first:
+		t.Fatalf("the first dial ended before its handshake timeout: %v", err)
+	default:
+	}
+
+	if err := <-first; err == nil {
+		t.Fatal("the hanging dial succeeded")
+	}
+	proxy.Restore()
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.Connection(ctx); err != nil {
+		t.Fatalf("no connection once the broker answers: %v", err)
+	}
+}
+
+// Close while a dial is in flight: the dial must not leave an open
+// connection behind in a session that was closed.
+func TestCloseDuringADialClosesWhatTheDialOpens(t *testing.T) {
+	proxy, proxied := testenv.ProxyURL(t, testenv.Vhost(t))
+	s := NewSession(proxied, "close-dial-test", slog.New(slog.DiscardHandler))
+	proxy.Stall()
+	defer proxy.Restore()
+
+	dialed := make(chan error, 1)
+	go func() {
+		_, err := s.Connection(context.Background())
+		dialed <- err
+	}()
+	testenv.Eventually(t, 5*time.Second, "the dial to reach the proxy", func() bool { return proxy.Open() > 0 })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Restore() // the handshake goes through now
+	if err := <-dialed; err == nil {
+		t.Fatal("a dial overtaken by Close returned a connection")
+	}
+	s.mu.Lock()
+	kept := s.conn
+	s.mu.Unlock()
+	if kept != nil {
+		t.Fatal("the closed session kept the connection the dial opened")
+	}
+	testenv.Eventually(t, 5*time.Second, "the dialed connection to be closed", func() bool { return proxy.Open() == 0 })
+}

@@ -59,6 +59,14 @@ func NewProxy(t testing.TB, target string) *Proxy {
 // Addr is the host:port clients dial instead of the target.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
+// Open returns how many connections the proxy holds, counting each
+// client's and its server-side connection apart.
+func (p *Proxy) Open() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
 // Cut closes every open connection and refuses new ones until Restore.
 func (p *Proxy) Cut() {
 	p.mu.Lock()
