@@ -124,9 +124,11 @@ func (c *Consumer) consume(ctx context.Context) error {
 	// on shutdown, the session abandons the connection rather than wait
 	// for a broker that stopped answering.
 	const tag = "invoices"
+	var conn *amqp.Connection
 	var ch *amqp.Channel
 	var deliveries <-chan amqp.Delivery
-	err := c.Session.WithConnection(ctx, func(conn *amqp.Connection) (err error) {
+	err := c.Session.WithConnection(ctx, func(cn *amqp.Connection) (err error) {
+		conn = cn
 		if ch, err = conn.Channel(); err != nil {
 			return fmt.Errorf("open channel: %w", err)
 		}
@@ -139,7 +141,7 @@ func (c *Consumer) consume(ctx context.Context) error {
 		return nil
 	})
 	if ch != nil {
-		defer ch.Close()
+		defer c.bounded(conn, ch.Close)
 	}
 	if err != nil {
 		return err
@@ -153,7 +155,7 @@ func (c *Consumer) consume(ctx context.Context) error {
 		paused = true
 		// Deliveries already prefetched stay in hand and are handled once
 		// the database is back; the channel then closes the deliveries.
-		if err := ch.Cancel(tag, false); err != nil {
+		if err := c.bounded(conn, func() error { return ch.Cancel(tag, false) }); err != nil {
 			c.Log.Warn("cancel consumer", "err", err)
 		}
 	}
@@ -174,10 +176,25 @@ func (c *Consumer) consume(ctx context.Context) error {
 		if ctx.Err() != nil {
 			// Stop taking deliveries; the broker requeues those prefetched
 			// but not yet handled when the channel closes.
-			_ = ch.Cancel(tag, false)
+			_ = c.bounded(conn, func() error { return ch.Cancel(tag, false) })
 			return nil
 		}
 	}
+}
+
+// brokerCallTimeout bounds a basic.cancel or channel.close, which wait for
+// the broker's answer, so that a broker that stopped answering cannot hold
+// shutdown until amqp091 notices the missing heartbeats (30 s).
+const brokerCallTimeout = 5 * time.Second
+
+// bounded runs call, one of those, and abandons conn (see Session.Abandon)
+// when it has not returned within brokerCallTimeout: the call then fails,
+// and the broker requeues the channel's unacked deliveries when it drops
+// the connection, as it would on a close.
+func (c *Consumer) bounded(conn *amqp.Connection, call func() error) error {
+	t := time.AfterFunc(brokerCallTimeout, func() { c.Session.Abandon(conn) })
+	defer t.Stop()
+	return call()
 }
 
 // idleGap ends a batch early when no further delivery arrived for that

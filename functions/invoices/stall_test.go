@@ -68,3 +68,60 @@ func TestConsumerShutdownWhileTheBrokerStallsItsSubscribe(t *testing.T) {
 		t.Errorf("%d invoices issued from a delivery the consumer never saw", n)
 	}
 }
+
+// The broker stops answering while the consumer is subscribed and idle.
+// Shutdown cancels the consumer and closes its channel, two calls that wait
+// for the broker's answer: Run must end within their bound (5 s), not
+// when amqp091's read deadline gives up on the silent broker (15 s), and a
+// message the broker sent into the stall goes back to the queue.
+func TestConsumerShutdownWhileTheBrokerStalls(t *testing.T) {
+	s := newService(t)
+	proxy, proxied := testenv.ProxyURL(t, s.brokerURL)
+	pool, err := postgres.Open(context.Background(), s.dbURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	session := rabbit.NewSession(proxied, "stalled-shutdown", s.log)
+	t.Cleanup(func() { session.Close() })
+	c := &Consumer{Session: session, Store: &Store{pool: pool}, Log: s.log, Prefetch: 10, BatchSize: 5}
+	ctx, shutdown := context.WithCancel(context.Background())
+	defer shutdown()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+
+	consumers := func() int {
+		q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q.Consumers
+	}
+	testenv.Eventually(t, 20*time.Second, "the broker to register the consumer", func() bool { return consumers() == 1 })
+	proxy.Stall()
+	defer proxy.Restore()
+	s.publishEvent(t, newEvent("stalled-shutdown", 1)) // held by the stalled proxy, not delivered
+	shutdown()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v", err)
+		}
+		t.Logf("Run returned %s after shutdown", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running 10 s after shutdown, with the broker not answering")
+	}
+	// Once the broker hears again, it sees the abandoned connection close
+	// and puts back the message it had sent into the stall.
+	proxy.Restore()
+	testenv.Eventually(t, 20*time.Second, "the consumer gone and the message back in the queue", func() bool {
+		return consumers() == 0 && s.ready(t) == 1
+	})
+	if n := s.deadLetters(t); n != 0 {
+		t.Errorf("%d dead letters", n)
+	}
+	if n := s.invoiceCount(t); n != 0 {
+		t.Errorf("%d invoices issued while the broker stalled", n)
+	}
+}

@@ -49,6 +49,14 @@ var mutations = []mutation{
 		Run:     "TestCloseDuringADialClosesWhatTheDialOpens",
 	},
 	{
+		Name:    "consumer shutdown waits for a broker that stopped answering",
+		File:    "functions/invoices/consumer.go",
+		Old:     "\tt := time.AfterFunc(brokerCallTimeout, func() { c.Session.Abandon(conn) })",
+		New:     "\tt := time.AfterFunc(time.Hour, func() { c.Session.Abandon(conn) })",
+		Package: "./functions/invoices/",
+		Run:     "^TestConsumerShutdownWhileTheBrokerStalls$",
+	},
+	{
 		Name:    "a batch of invoices is numbered without locking the counter first",
 		File:    "functions/invoices/store.go",
 		Old:     "ON CONFLICT (year) DO UPDATE SET last = invoice_counters.last`",
