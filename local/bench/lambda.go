@@ -102,10 +102,12 @@ func lambdaStep(ctx context.Context, e *env, cfg config, devnull *os.File) (lamb
 		return rep, err
 	}
 	proc, err := testenv.StartProcess(bin, port, serviceEnv(cfg, map[string]string{"DATABASE_URL": serverDB, "BROKER_URL": brokerURL}, cfg.OrdersEnv), devnull, 30*time.Second)
+	if proc != nil { // also when it started but never became healthy
+		defer proc.Kill()
+	}
 	if err != nil {
 		return rep, err
 	}
-	defer proc.Kill()
 	client := &http.Client{Timeout: 10 * time.Second}
 	post := func(i int) (time.Duration, error) {
 		body := fmt.Sprintf(`{"customerId":"server-%d","totalAmount":%d}`, i%100, 100+i)

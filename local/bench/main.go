@@ -290,10 +290,12 @@ func run(ctx context.Context, cfg config) error {
 	ordersProc, err := testenv.StartProcess(filepath.Join(cfg.Bin, "orders"), port, serviceEnv(cfg, map[string]string{
 		"DATABASE_URL": ordersDB, "BROKER_URL": brokerURL,
 	}, cfg.OrdersEnv), devnull, 30*time.Second)
+	if ordersProc != nil { // also when it started but never became healthy
+		defer ordersProc.Kill()
+	}
 	if err != nil {
 		return err
 	}
-	defer ordersProc.Kill()
 	if cfg.has('2') {
 		client := loadgen.New(ordersProc.URL, cfg.Clients)
 		client.Closed(ctx, cfg.Clients, time.Second) // warm up connections and caches
@@ -341,12 +343,16 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	invoicesProc, err := testenv.StartProcess(invoicesBin, ip, invoicesEnv, devnull, 30*time.Second)
+	// Whichever invoices process runs when the bench ends, even by an
+	// error, is killed: step 4 starts a new one.
+	defer func() {
+		if invoicesProc != nil {
+			invoicesProc.Kill()
+		}
+	}()
 	if err != nil {
 		return err
 	}
-	// Whichever invoices process runs when the bench ends, even by an
-	// error, is killed: step 4 starts a new one.
-	defer func() { invoicesProc.Kill() }()
 	if cfg.has('3') {
 		var ordersSoFar int
 		if err := ordersPool.QueryRow(ctx, `SELECT count(*) FROM orders`).Scan(&ordersSoFar); err != nil {

@@ -43,8 +43,8 @@ var mutations = []mutation{
 	{
 		Name:    "a dial overtaken by Close keeps its connection",
 		File:    "shared/rabbit/rabbit.go",
-		Old:     "if err == nil && s.closes != closes {",
-		New:     "if err == nil && s.closes != closes && false {",
+		Old:     "if conn != nil && s.closes != closes {",
+		New:     "if conn != nil && s.closes != closes && false {",
 		Package: "./shared/rabbit/",
 		Run:     "TestCloseDuringADialClosesWhatTheDialOpens",
 	},

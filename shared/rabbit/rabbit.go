@@ -92,8 +92,9 @@ func NewSession(url, name string, log *slog.Logger) *Session {
 }
 
 // Connection returns the open connection, dialing a new one when needed.
-// Dialing and declaring end when ctx does; so does waiting for a dial that
-// another caller started.
+// The handshake gives up at ctx's deadline or after 5 s; declaring the
+// topology, and waiting for a dial that another caller started, end when
+// ctx does.
 func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 	for {
 		s.mu.Lock()
@@ -114,24 +115,35 @@ func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 		done, closes := make(chan struct{}), s.closes
 		s.dialing = done
 		s.mu.Unlock()
+		return s.dialAndKeep(ctx, done, closes)
+	}
+}
 
-		conn, raw, blocked, err := s.dial(ctx)
+// dialAndKeep dials for Connection and keeps the connection, unless Close
+// was called since Close had been called closes times; whatever happens,
+// even a panic, it ends the dial in flight (done), so that callers waiting
+// for it go on.
+func (s *Session) dialAndKeep(ctx context.Context, done chan struct{}, closes int) (conn *amqp.Connection, err error) {
+	var raw *corkConn
+	var blocked *atomic.Bool
+	defer func() {
 		s.mu.Lock()
 		s.dialing = nil
-		if err == nil && s.closes != closes {
+		if conn != nil && s.closes != closes {
 			_ = raw.Close()
-			conn, err = nil, errors.New("dial broker: the session was closed meanwhile")
+			conn, err = nil, errors.New("broker connection discarded: the session was closed during the dial")
 		}
-		if err == nil {
+		if conn != nil {
 			s.conn, s.raw, s.blocked = conn, raw, blocked
 		}
 		s.mu.Unlock()
 		close(done)
-		if err == nil {
+		if conn != nil {
 			s.log.Info("broker connected", "connection", s.name)
 		}
-		return conn, err
-	}
+	}()
+	conn, raw, blocked, err = s.dial(ctx)
+	return conn, err
 }
 
 // dial opens a connection and declares the topology on it, within ctx.
@@ -307,8 +319,9 @@ func (s *Session) Check(ctx context.Context) error {
 // must not hold a shutdown.
 const closeTimeout = 5 * time.Second
 
-// Close closes the connection, if any; a dial in flight closes what it
-// opens. A later call dials again.
+// Close closes the connection, if any; a dial in flight when Close is
+// called closes what it opens. Close does not end the session: a later
+// call, or one that was waiting for that dial, dials again.
 func (s *Session) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
