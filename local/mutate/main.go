@@ -62,19 +62,25 @@ func run() error {
 	}
 
 	var results []result
-	before, err := leftovers()
+	// The tests of this run name their databases and vhosts with a tag of
+	// its own and keep their temporary files in a folder of its own, so
+	// what a killed test leaves can be removed without touching other runs.
+	tag := "m" + testenv.UniqueName("")
+	tmp, err := os.MkdirTemp("", "invoicing-mutate-tmp-")
 	if err != nil {
 		return err
 	}
+	defer os.RemoveAll(tmp)
+	env := append(os.Environ(), testenv.RunTagEnv+"="+tag, "TMPDIR="+tmp)
 	for _, m := range mutations {
 		if filter != nil && !filter.MatchString(m.Name) {
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "== %s (%s -run %s)\n", m.Name, m.Package, m.Run)
-		r := try(scratch, m, *timeout)
+		r := try(scratch, m, *timeout, env)
 		fmt.Fprintf(os.Stderr, "   %s in %s\n", r.outcome, r.took.Round(time.Second))
 		// A test killed by its timeout runs no cleanup: remove what it left.
-		if err := removeLeftovers(before); err != nil {
+		if err := removeLeftovers(tag, tmp); err != nil {
 			fmt.Fprintln(os.Stderr, "   cleaning up:", err)
 		}
 		results = append(results, r)
@@ -102,7 +108,7 @@ func run() error {
 }
 
 // try applies m to the scratch copy, runs its tests and restores the file.
-func try(scratch string, m mutation, timeout time.Duration) result {
+func try(scratch string, m mutation, timeout time.Duration, env []string) result {
 	start := time.Now()
 	path := filepath.Join(scratch, m.File)
 	orig, err := os.ReadFile(path)
@@ -125,14 +131,14 @@ func try(scratch string, m mutation, timeout time.Duration) result {
 	defer os.WriteFile(path, orig, 0o644)
 
 	vet := exec.Command("go", "vet", m.Package)
-	vet.Dir = scratch
+	vet.Dir, vet.Env = scratch, env
 	if out, err := vet.CombinedOutput(); err != nil {
 		return result{m: m, outcome: "does not build", took: time.Since(start), detail: tail(out)}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-timeout", timeout.String(), "-run", m.Run, m.Package)
-	cmd.Dir = scratch
+	cmd.Dir, cmd.Env = scratch, env
 	out, err := cmd.CombinedOutput()
 	took := time.Since(start)
 	switch {
@@ -197,46 +203,28 @@ func copyTracked(root, dst string) error {
 	return nil
 }
 
-// leftovers lists the test databases and vhosts that exist now.
-func leftovers() (map[string]bool, error) {
-	names := map[string]bool{}
-	dbs, err := testenv.ListDatabases("test_")
+// removeLeftovers drops the databases and vhosts named with tag (see
+// testenv.RunTagEnv) and empties tmp, the tests' temporary folder.
+func removeLeftovers(tag, tmp string) error {
+	dbPrefix, vhostPrefix := testenv.TestNamePrefixes(tag)
+	dbs, err := testenv.ListDatabases(dbPrefix)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	vhosts, err := testenv.ListVhosts("test-")
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range append(dbs, vhosts...) {
-		names[n] = true
-	}
-	return names, nil
-}
-
-// removeLeftovers drops the test databases and vhosts that were not there
-// before, and the binaries' temporary folders.
-func removeLeftovers(before map[string]bool) error {
-	now, err := leftovers()
+	vhosts, err := testenv.ListVhosts(vhostPrefix)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for n := range now {
-		if before[n] {
-			continue
-		}
-		if strings.HasPrefix(n, "test_") {
-			errs = append(errs, testenv.DropDatabase(n))
-		} else {
-			errs = append(errs, testenv.Rabbitmqctl("delete_vhost", n))
-		}
+	for _, n := range dbs {
+		errs = append(errs, testenv.DropDatabase(n))
 	}
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "invoicing-test-bin-*"))
-	for _, d := range dirs {
-		if info, err := os.Stat(d); err == nil && time.Since(info.ModTime()) < 24*time.Hour {
-			_ = os.RemoveAll(d)
-		}
+	for _, n := range vhosts {
+		errs = append(errs, testenv.Rabbitmqctl("delete_vhost", n))
+	}
+	entries, _ := os.ReadDir(tmp)
+	for _, e := range entries {
+		errs = append(errs, os.RemoveAll(filepath.Join(tmp, e.Name())))
 	}
 	return errors.Join(errs...)
 }

@@ -53,18 +53,46 @@ func UniqueName(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
+// RunTagEnv names an environment variable that a harness running tests
+// (local/mutate) sets to a tag of lowercase letters and digits: the names
+// of the databases and vhosts those tests create then carry it, so the
+// harness can remove what a killed test left without touching what other
+// runs on the same servers own.
+const RunTagEnv = "INVOICING_TEST_RUN_TAG"
+
+// TestNamePrefixes returns the prefixes of the database and vhost names
+// that Database and Vhost give under tag (see RunTagEnv).
+func TestNamePrefixes(tag string) (database, vhost string) {
+	if tag == "" {
+		return "test_", "test-"
+	}
+	return "test_" + tag + "_", "test-" + tag + "-"
+}
+
+func runTag() string {
+	tag := os.Getenv(RunTagEnv)
+	for _, c := range tag {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return "" // not a tag this package made names with
+		}
+	}
+	return tag
+}
+
 // Database creates an empty database for the test and drops it afterwards.
 // It returns the database's URL.
 func Database(t testing.TB) string {
 	t.Helper()
-	return forTest(t, CreateDatabase, "test_")
+	prefix, _ := TestNamePrefixes(runTag())
+	return forTest(t, CreateDatabase, prefix)
 }
 
 // Vhost creates a RabbitMQ vhost for the test, lets the broker user use it,
 // and deletes it afterwards. It returns the broker URL for the vhost.
 func Vhost(t testing.TB) string {
 	t.Helper()
-	return forTest(t, CreateVhost, "test-")
+	_, prefix := TestNamePrefixes(runTag())
+	return forTest(t, CreateVhost, prefix)
 }
 
 // forTest creates a uniquely named resource with create and removes it when
