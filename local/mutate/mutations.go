@@ -348,8 +348,8 @@ var mutations = []mutation{
 	{
 		Name:    "consumer subscribe ignores shutdown on a stalled broker",
 		File:    "functions/invoices/consumer.go",
-		Old:     "err := c.Session.WithConnection(ctx, func(conn *amqp.Connection) (err error) {",
-		New:     "err := c.Session.WithConnection(context.WithoutCancel(ctx), func(conn *amqp.Connection) (err error) {",
+		Old:     "err := c.Session.WithConnection(ctx, func(cn *amqp.Connection) (err error) {",
+		New:     "err := c.Session.WithConnection(context.WithoutCancel(ctx), func(cn *amqp.Connection) (err error) {",
 		Package: "./functions/invoices/",
 		Run:     "TestConsumerShutdownWhileTheBrokerStallsItsSubscribe",
 	},
