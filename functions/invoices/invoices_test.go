@@ -80,11 +80,18 @@ func (s *service) runConsumer(t *testing.T, dbURL, brokerURL string, batch int, 
 	if wrap != nil {
 		store = wrap(&Store{pool: pool})
 	}
-	session := rabbit.NewSession(brokerURL, "invoices-test", s.log)
+	// The connection's name does not hold "invoices", which a proxy may be
+	// told to watch for (the consumer tag).
+	session := rabbit.NewSession(brokerURL, "consumer-test", s.log)
 	c := &Consumer{Session: session, Store: store, Log: s.log, Prefetch: 2 * batch, BatchSize: batch, BatchWait: wait}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = c.Run(ctx); close(done) }()
+	go func() {
+		defer close(done)
+		if err := c.Run(ctx); err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-done; session.Close(); pool.Close() }) }
 	t.Cleanup(stop)
@@ -101,11 +108,22 @@ func (s *service) dbProxy(t *testing.T) (*testenv.Proxy, string) {
 // ready returns how many messages wait in queue "orders" (not delivered).
 func (s *service) ready(t *testing.T) int {
 	t.Helper()
+	return s.queue(t).Messages
+}
+
+// consumers returns how many consumers queue "orders" has.
+func (s *service) consumers(t *testing.T) int {
+	t.Helper()
+	return s.queue(t).Consumers
+}
+
+func (s *service) queue(t *testing.T) amqp.Queue {
+	t.Helper()
 	q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return q.Messages
+	return q
 }
 
 func newEvent(customer string, amount int64) event.OrderCreated {

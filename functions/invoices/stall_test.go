@@ -1,12 +1,9 @@
 package invoices
 
 import (
-	"context"
 	"testing"
 	"time"
 
-	"invoicing/shared/postgres"
-	"invoicing/shared/rabbit"
 	"invoicing/shared/testenv"
 )
 
@@ -25,41 +22,11 @@ func TestConsumerShutdownWhileTheBrokerStallsItsSubscribe(t *testing.T) {
 	// The consumer tag is "invoices"; nothing the session sends before
 	// basic.consume (its name included) holds that word.
 	proxy.CutAfter("invoices", time.Minute)
-
-	pool, err := postgres.Open(context.Background(), s.dbURL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	session := rabbit.NewSession(proxied, "stalled-subscribe", s.log)
-	t.Cleanup(func() { session.Close() })
-	c := &Consumer{Session: session, Store: &Store{pool: pool}, Log: s.log, Prefetch: 10, BatchSize: 5}
-	ctx, shutdown := context.WithCancel(context.Background())
-	defer shutdown()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-
-	consumers := func() int {
-		q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return q.Consumers
-	}
-	testenv.Eventually(t, 20*time.Second, "the broker to register the consumer", func() bool { return consumers() == 1 })
-	shutdown()
-	start := time.Now()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run = %v", err)
-		}
-		t.Logf("Run returned %s after shutdown", time.Since(start).Round(time.Millisecond))
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run still running 10 s after shutdown, with the broker not answering basic.consume")
-	}
+	stop := s.runConsumer(t, s.dbURL, proxied, 5, 0, nil)
+	testenv.Eventually(t, 20*time.Second, "the broker to register the consumer", func() bool { return s.consumers(t) == 1 })
+	stopWithin(t, stop, 10*time.Second, "with the broker not answering basic.consume")
 	testenv.Eventually(t, 20*time.Second, "the message back in the queue", func() bool {
-		return consumers() == 0 && s.ready(t) == 1
+		return s.consumers(t) == 0 && s.ready(t) == 1
 	})
 	if n := s.deadLetters(t); n != 0 {
 		t.Errorf("%d dead letters", n)
@@ -77,51 +44,37 @@ func TestConsumerShutdownWhileTheBrokerStallsItsSubscribe(t *testing.T) {
 func TestConsumerShutdownWhileTheBrokerStalls(t *testing.T) {
 	s := newService(t)
 	proxy, proxied := testenv.ProxyURL(t, s.brokerURL)
-	pool, err := postgres.Open(context.Background(), s.dbURL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	session := rabbit.NewSession(proxied, "stalled-shutdown", s.log)
-	t.Cleanup(func() { session.Close() })
-	c := &Consumer{Session: session, Store: &Store{pool: pool}, Log: s.log, Prefetch: 10, BatchSize: 5}
-	ctx, shutdown := context.WithCancel(context.Background())
-	defer shutdown()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-
-	consumers := func() int {
-		q, err := s.pub.QueueDeclarePassive(rabbit.Queue, true, false, false, false, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return q.Consumers
-	}
-	testenv.Eventually(t, 20*time.Second, "the broker to register the consumer", func() bool { return consumers() == 1 })
+	stop := s.runConsumer(t, s.dbURL, proxied, 5, 0, nil)
+	testenv.Eventually(t, 20*time.Second, "the broker to register the consumer", func() bool { return s.consumers(t) == 1 })
 	proxy.Stall()
 	defer proxy.Restore()
 	s.publishEvent(t, newEvent("stalled-shutdown", 1)) // held by the stalled proxy, not delivered
-	shutdown()
-	start := time.Now()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run = %v", err)
-		}
-		t.Logf("Run returned %s after shutdown", time.Since(start).Round(time.Millisecond))
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run still running 10 s after shutdown, with the broker not answering")
-	}
+	stopWithin(t, stop, 10*time.Second, "with the broker not answering")
 	// Once the broker hears again, it sees the abandoned connection close
 	// and puts back the message it had sent into the stall.
 	proxy.Restore()
 	testenv.Eventually(t, 20*time.Second, "the consumer gone and the message back in the queue", func() bool {
-		return consumers() == 0 && s.ready(t) == 1
+		return s.consumers(t) == 0 && s.ready(t) == 1
 	})
 	if n := s.deadLetters(t); n != 0 {
 		t.Errorf("%d dead letters", n)
 	}
 	if n := s.invoiceCount(t); n != 0 {
 		t.Errorf("%d invoices issued while the broker stalled", n)
+	}
+}
+
+// stopWithin calls stop, which ends a consumer as SIGTERM would (see
+// runConsumer), and fails the test unless it returns within bound.
+func stopWithin(t *testing.T, stop func(), bound time.Duration, why string) {
+	t.Helper()
+	start := time.Now()
+	done := make(chan struct{})
+	go func() { stop(); close(done) }()
+	select {
+	case <-done:
+		t.Logf("Run returned %s after shutdown", time.Since(start).Round(time.Millisecond))
+	case <-time.After(bound):
+		t.Fatalf("Run still running %s after shutdown, %s", bound, why)
 	}
 }
