@@ -126,18 +126,7 @@ func TestConcurrentPublishesEndWithTheirContextOnStalledBroker(t *testing.T) {
 // for that dial only as long as its own context, and the session dials
 // again once the broker answers.
 func TestWaitingForAHangingDialEndsWithTheCallersContext(t *testing.T) {
-	proxy, proxied := testenv.ProxyURL(t, testenv.Vhost(t))
-	s := NewSession(proxied, "stall-dial-test", slog.New(slog.DiscardHandler))
-	defer s.Close()
-	proxy.Stall()
-	defer proxy.Restore()
-
-	first := make(chan error, 1)
-	go func() {
-		_, err := s.Connection(context.Background()) // the handshake's own 5 s bound
-		first <- err
-	}()
-	testenv.Eventually(t, 5*time.Second, "the first dial to reach the proxy", func() bool { return proxy.Open() > 0 })
+	proxy, s, first := hangingDial(t, "stall-dial-test")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -163,28 +152,13 @@ func TestWaitingForAHangingDialEndsWithTheCallersContext(t *testing.T) {
 		t.Fatal("the hanging dial succeeded")
 	}
 	proxy.Restore()
-	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := s.Connection(ctx); err != nil {
-		t.Fatalf("no connection once the broker answers: %v", err)
-	}
+	mustConnect(t, s, "once the broker answers")
 }
 
 // Close while a dial is in flight: the dial must not leave an open
 // connection behind in a session that was closed.
 func TestCloseDuringADialClosesWhatTheDialOpens(t *testing.T) {
-	proxy, proxied := testenv.ProxyURL(t, testenv.Vhost(t))
-	s := NewSession(proxied, "close-dial-test", slog.New(slog.DiscardHandler))
-	defer s.Close()
-	proxy.Stall()
-	defer proxy.Restore()
-
-	dialed := make(chan error, 1)
-	go func() {
-		_, err := s.Connection(context.Background())
-		dialed <- err
-	}()
-	testenv.Eventually(t, 5*time.Second, "the dial to reach the proxy", func() bool { return proxy.Open() > 0 })
+	proxy, s, dialed := hangingDial(t, "close-dial-test")
 	start := time.Now()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -205,9 +179,36 @@ func TestCloseDuringADialClosesWhatTheDialOpens(t *testing.T) {
 	}
 	testenv.Eventually(t, 5*time.Second, "the dialed connection to be closed", func() bool { return proxy.Open() == 0 })
 	// Close does not end the session: the next call dials again.
+	mustConnect(t, s, "after Close")
+}
+
+// hangingDial starts a Connection on a new session whose broker takes the
+// TCP connection but never answers the handshake (a stalled proxy), and
+// returns once that dial reached the proxy. The dial's result arrives on
+// dialed: a failure after the handshake's 5 s, unless the proxy is
+// restored first.
+func hangingDial(t *testing.T, name string) (proxy *testenv.Proxy, s *Session, dialed <-chan error) {
+	t.Helper()
+	proxy, proxied := testenv.ProxyURL(t, testenv.Vhost(t))
+	s = NewSession(proxied, name, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { s.Close() })
+	proxy.Stall()
+	t.Cleanup(proxy.Restore)
+	result := make(chan error, 1)
+	go func() {
+		_, err := s.Connection(context.Background())
+		result <- err
+	}()
+	testenv.Eventually(t, 5*time.Second, "the dial to reach the proxy", func() bool { return proxy.Open() > 0 })
+	return proxy, s, result
+}
+
+// mustConnect fails the test unless s has a connection within 10 s.
+func mustConnect(t *testing.T, s *Session, when string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := s.Connection(ctx); err != nil {
-		t.Fatalf("no connection after Close: %v", err)
+		t.Fatalf("no connection %s: %v", when, err)
 	}
 }
