@@ -184,7 +184,7 @@ func (c *Consumer) consume(ctx context.Context) error {
 
 // brokerCallTimeout bounds a basic.cancel or channel.close, which wait for
 // the broker's answer, so that a broker that stopped answering cannot hold
-// shutdown until amqp091 notices the missing heartbeats (30 s).
+// shutdown until amqp091 gives up on the silent connection (15 s or more).
 const brokerCallTimeout = 5 * time.Second
 
 // bounded runs call, one of those, and abandons conn (see Session.Abandon)

@@ -120,9 +120,9 @@ func (s *Session) Connection(ctx context.Context) (*amqp.Connection, error) {
 }
 
 // dialAndKeep dials for Connection and keeps the connection, unless Close
-// was called since Close had been called closes times; whatever happens,
-// even a panic, it ends the dial in flight (done), so that callers waiting
-// for it go on.
+// was called after the dial began (closes is Close's count then). However
+// it ends, even by a panic, it closes done, so callers waiting for the dial
+// go on.
 func (s *Session) dialAndKeep(ctx context.Context, done chan struct{}, closes int) (conn *amqp.Connection, err error) {
 	var raw *corkConn
 	var blocked *atomic.Bool
